@@ -3,6 +3,7 @@ Benchmarks: step time and memory, one function per mode.
 
     python bench.py --mode=networks --model=B/2 --batch=32
     python bench.py --mode=networks --model=T/2,B/4 --batch=4 --settings=fp32,bf16+compile
+    python bench.py --mode=losses --model=T/2 --batch=8 --threads=1
 
 Every value below is a plain global that `--name=value` overrides on the command line
 (values are parsed as Python literals when possible, else kept as strings). Timing is
@@ -20,9 +21,23 @@ Modes
             torch.compile). Reports time per image, images/s, the arithmetic rate implied
             by the analytic FLOP count (DiT only: 2 operations per multiply-add, x3 for
             forward + backward) and, on a GPU with a known peak, MFU.
+  losses    one training step (loss forward + backward + Adam step) of the SoFlow loss
+            (soflow.soflow_loss, preset 'imagenet', guidance on) against the MeanFlow loss
+            (baselines.meanflow_loss, MEANFLOW_IMAGENET, guidance on) on the same DiT, batch
+            and setting ('fp32' | 'bf16'), per attention path; then their ratios next to the
+            authors' (SPEC section 10), and 1-NFE sampling throughput (soflow.sample; the
+            MeanFlow one-step sampler is the same single forward). MeanFlow's Jacobian-vector
+            product (torch.func.jvp) needs forward-mode autodiff through attention: where
+            the fused kernel lacks it, the row says so and the ratios use MeanFlow with math
+            attention, as the authors' own comparison did. Peak memory: on a GPU,
+            torch.cuda.max_memory_allocated (everything allocated, weights included); on the
+            CPU, each measurement runs in a fresh process (--isolate=True) and reports the
+            growth of that process's peak resident set size (ru_maxrss) over the step loop,
+            i.e. activations, gradients and optimizer state, weights excluded.
 """
 
 import ast
+import dataclasses
 import sys
 import time
 
@@ -42,6 +57,9 @@ tf32 = True                             # TF32 matmuls for the fp32 setting on N
 peak_tflops = 0.0                       # the device's dense bf16 peak for MFU; 0 = guess from its name
 threads = 0                             # CPU threads for torch (0 = torch's default)
 seed = 0
+losses = "soflow,meanflow"              # losses mode: the losses to time
+loss_settings = "fp32,bf16"             # losses mode: 'fp32' and/or 'bf16' (autocast)
+isolate = True                          # losses mode: one fresh process per measurement (CPU memory)
 # -----------------------------------------------------------------------------
 
 
@@ -184,8 +202,154 @@ def bench_networks():
                 torch._dynamo.reset()
 
 # -----------------------------------------------------------------------------
+# mode: losses
 
-MODES = {"networks": bench_networks}
+AUTHORS = {"speed": 2.84 / 2.39, "memory": 38.95 / 51.45}   # SoFlow / MeanFlow, math attention (SPEC 10)
+
+
+def _loss_fn(name, net, num_classes):
+    """loss(x0, y) -> scalar, for 'soflow' or 'meanflow', with guidance as trained on ImageNet."""
+    import baselines
+    import soflow
+    if name == "soflow":
+        cfg = soflow.preset("imagenet", num_classes=num_classes)
+        return lambda x0, y: soflow.soflow_loss(net, cfg, x0, y, step=1000)[0]
+    if name == "meanflow":
+        cfg = dataclasses.replace(baselines.MEANFLOW_IMAGENET, num_classes=num_classes)
+        return lambda x0, y: baselines.meanflow_loss(net, cfg, x0, y)[0]
+    raise SystemExit(f"unknown loss {name!r}: use soflow or meanflow")
+
+
+def measure_loss_step(conf):
+    """Time one training step of conf['loss'] on a DiT; peak memory as in the docstring.
+    Returns a dict with seconds, first (s), peak (bytes or None), error (str or None)."""
+    import resource
+    import dit
+    globals().update(conf["globals"])
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    net = dit.dit_from_name(conf["model"], attn=conf["attn"]).to(device)
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(batch, net.in_channels, net.input_size, net.input_size, generator=g).to(device)
+    y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
+    loss_fn = _loss_fn(conf["loss"], net, net.num_classes)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.99))
+    dtype = torch.bfloat16 if conf["setting"] == "bf16" else torch.float32
+    dev_type = device.split(":")[0]
+
+    def step():
+        with torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn(x0, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux: KiB
+    try:
+        sec, first = time_step(step)
+    except (NotImplementedError, RuntimeError) as e:
+        if "forward AD" not in str(e) and "forward-mode" not in str(e):
+            raise
+        return {"seconds": None, "first": None, "peak": None, "error": str(e).splitlines()[0]}
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0 if conf["isolated"] else None
+    return {"seconds": sec, "first": first, "peak": peak, "error": None}
+
+
+def measure_sampling(model_name, attn_mode, setting):
+    """Images/s of 1-NFE sampling, x0 = f(x1, 1, 0) (soflow.sample)."""
+    import dit
+    import soflow
+    net = dit.dit_from_name(model_name, attn=attn_mode).to(device).eval()
+    cfg = soflow.preset("imagenet", num_classes=net.num_classes)
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(batch, net.in_channels, net.input_size, net.input_size, generator=g).to(device)
+    y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
+    dtype = torch.bfloat16 if setting == "bf16" else torch.float32
+
+    def step():
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            soflow.sample(net, cfg, x1, y)
+    return batch / time_step(step)[0]
+
+
+def _run(conf):
+    """measure_loss_step in a fresh process (CPU memory figures) or here."""
+    if not conf["isolated"]:
+        return measure_loss_step(conf)
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure_loss_step, (conf,))
+
+
+def bench_losses():
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    on_gpu = device.startswith("cuda")
+    where = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
+    mem_kind = "torch.cuda.max_memory_allocated" if on_gpu else (
+        "growth of the process's peak RSS over the step loop, fresh process per row" if isolate else "not measured (--isolate=False)")
+    print(f"# losses: one training step (loss forward + backward + Adam), batch {batch}, median of {iters} "
+          f"after {warmup} warm-up, {where}, torch {torch.__version__}; peak memory: {mem_kind}")
+    print("| model | attention | setting | loss | ms / step | steps / s | first step (s) | peak memory | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    shared = {k: globals()[k] for k in ("device", "batch", "warmup", "iters", "threads", "seed", "tf32")}
+    results = {}
+    for name in _split(model):
+        for setting in _split(loss_settings):
+            if setting not in ("fp32", "bf16"):
+                raise SystemExit(f"unknown loss setting {setting!r}: use fp32 or bf16")
+            for attn_mode in _split(attn):
+                for loss in _split(losses):
+                    conf = {"model": name, "attn": attn_mode, "setting": setting, "loss": loss,
+                            "globals": shared, "isolated": isolate and not on_gpu}
+                    r = _run(conf)
+                    results[name, setting, attn_mode, loss] = r
+                    if r["error"]:
+                        print(f"| {name} | {attn_mode} | {setting} | {loss} | - | - | - | - | torch.func.jvp "
+                              f"unsupported here ({r['error'][:70]}...); the ratios use math attention |", flush=True)
+                        continue
+                    mem = "-" if r["peak"] is None else f"{r['peak'] / 2**30:.3f} GiB"
+                    print(f"| {name} | {attn_mode} | {setting} | {loss} | {1e3 * r['seconds']:.1f} "
+                          f"| {1 / r['seconds']:.2f} | {r['first']:.1f} | {mem} | |", flush=True)
+    if "soflow" in _split(losses) and "meanflow" in _split(losses):
+        print(f"\n# SoFlow / MeanFlow (authors, GPU, math attention: speed {AUTHORS['speed']:.2f}x, "
+              f"memory {AUTHORS['memory']:.2f}x)")
+        print("| model | setting | SoFlow attention | MeanFlow attention | speed (steps/s ratio) | memory ratio |")
+        print("|---|---|---|---|---|---|")
+        for name in _split(model):
+            for setting in _split(loss_settings):
+                for attn_mode in _split(attn):
+                    so = results.get((name, setting, attn_mode, "soflow"))
+                    mf_attn = attn_mode
+                    mf = results.get((name, setting, attn_mode, "meanflow"))
+                    if mf is not None and mf["error"] and (name, setting, "math", "meanflow") in results:
+                        mf_attn, mf = "math", results[name, setting, "math", "meanflow"]   # the fallback
+                    if not so or not mf or so["error"] or mf["error"]:
+                        continue
+                    mem = f"{so['peak'] / mf['peak']:.2f}x" if so["peak"] and mf["peak"] else "-"
+                    print(f"| {name} | {setting} | {attn_mode} | {mf_attn} | {mf['seconds'] / so['seconds']:.2f}x "
+                          f"| {mem} |", flush=True)
+    print("\n# 1-NFE sampling (one forward of F; the same for both methods)")
+    print("| model | attention | setting | images / s |")
+    print("|---|---|---|---|")
+    for name in _split(model):
+        for setting in _split(loss_settings):
+            for attn_mode in _split(attn):
+                print(f"| {name} | {attn_mode} | {setting} | {measure_sampling(name, attn_mode, setting):.1f} |", flush=True)
+
+# -----------------------------------------------------------------------------
+
+MODES = {"networks": bench_networks, "losses": bench_losses}
 
 
 def main(argv):

@@ -5,6 +5,8 @@ the method learns.
     python toy2d.py                          # Gaussian mixture, the default
     python toy2d.py --dataset checkerboard   # or moons, spiral
     python toy2d.py --help                   # every knob
+    python toy2d.py --method meanflow        # or direct, fgm, fm: a baseline (baselines.py)
+    python toy2d.py --compare                # all five on the same data, steps and MLP
 
 A small MLP F(x, t, s) becomes the solution function f(x, t, s) = a x + b F of
 the flow-matching ODE (soflow.py). For the Gaussian mixture the marginal velocity
@@ -15,6 +17,8 @@ where the true ODE takes the same noise. Outputs, in --out:
                 exact ones, the velocity head's field, the loss curve
   results.json  the table printed at the end
   samples.npz   the noise points, their 1-NFE samples, and the mixture
+With --method NAME (a baseline): toy2d_NAME.png and results_NAME.json; with --compare:
+compare.png (a column per method) and compare.json (the table).
 """
 
 import argparse
@@ -30,6 +34,7 @@ import torch.nn as nn
 from scipy.integrate import solve_ivp
 from tqdm import tqdm
 
+import baselines
 import soflow
 
 # -----------------------------------------------------------------------------
@@ -265,6 +270,140 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, losses):
     plt.close(fig)
 
 # -----------------------------------------------------------------------------
+# Baselines and the side-by-side comparison (--method, --compare). The methods' training
+# code is in baselines.py; here: the same data stream, steps and MLP for each, one table.
+
+LABELS = {"soflow": "SoFlow", "meanflow": "MeanFlow", "direct": "Direct Models",
+          "fgm": "FGM", "fm": "flow matching"}
+
+
+def train_method(args, name, cfg, mixture):
+    """Train one method (baselines.build) for args.steps iterations on the data stream of
+    args.seed: every method sees the same batches. Returns (method, logs, seconds)."""
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    make_net = lambda: MLP(width=args.width, depth=args.depth)
+    method = baselines.build(name, make_net, args.steps, args.lr, cfg if name == "soflow" else None)
+    logs = []
+    t0 = time.time()
+    for step in tqdm(range(args.steps), desc=f"{LABELS[name]} on {args.dataset}", mininterval=0.5):
+        logs.append(method.step(torch.from_numpy(sample_data(args.dataset, args.batch, rng, mixture)), step))
+    seconds = time.time() - t0
+    for net in method.nets.values():
+        net.eval()
+    return method, logs, seconds
+
+
+def compare_table(methods, x1, exact, fresh):
+    """Per method: endpoint RMSE against the exact solution map (Gaussian mixture only) and
+    energy distance to fresh data, for each of its samplers (by NFE)."""
+    rows = []
+    for name, (method, _, seconds) in methods.items():
+        nfe = {}
+        for n, sampler in method.samplers.items():
+            out = sampler(torch.from_numpy(x1)).numpy()
+            nfe[n] = {"endpoint_rmse": rmse(out, exact) if exact is not None else None,
+                      "energy_distance": energy_distance(out, fresh), "samples": out}
+        rows.append({"method": name, "label": LABELS[name], "train_seconds": seconds, "nfe": nfe,
+                     "networks": len(method.nets),
+                     "parameters": sum(p.numel() for net in method.nets.values() for p in net.parameters())})
+    return rows
+
+
+def format_compare(rows, reference):
+    f = lambda v: "-" if v is None else f"{v:.4f}"
+    lines = [f"{'method':<16} {'1-NFE RMSE':>11} {'1-NFE energy':>13} {'2-NFE RMSE':>11} {'2-NFE energy':>13} "
+             f"{'train s':>8} {'nets':>5} {'params':>8}"]
+    for r in rows:
+        one, two = r["nfe"][1], r["nfe"].get(2, {})
+        lines.append(f"{r['label']:<16} {f(one['endpoint_rmse']):>11} {f(one['energy_distance']):>13} "
+                     f"{f(two.get('endpoint_rmse')):>11} {f(two.get('energy_distance')):>13} "
+                     f"{r['train_seconds']:>8.1f} {r['networks']:>5} {r['parameters']:>8}")
+    for name, (e, d) in reference.items():
+        lines.append(f"{name:<30} {'endpoint RMSE':>13} {f(e):>8}   energy {f(d)}")
+    return "\n".join(lines)
+
+
+def draw_compare(path, rows, methods, args, mixture, data, x1, exact):
+    """A column per method: its 1-NFE samples (top) and its learned trajectories from noise
+    over the exact ones (bottom) where it has them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lim, fan = 3.0, x1[:24]
+    s_grid = np.linspace(1, 0, 41)
+    ref = mixture.solve(fan, 1.0, 0.0, s_eval=s_grid) if args.dataset == "gmm" else None
+    fig, ax = plt.subplots(2, len(rows) + 1, figsize=(3.6 * (len(rows) + 1), 7.4), squeeze=False)
+    for a in ax.ravel():
+        a.set_xlim(-lim, lim); a.set_ylim(-lim, lim); a.set_aspect("equal"); a.set_xticks([]); a.set_yticks([])
+    ax[0, 0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4, color="tab:blue")
+    ax[0, 0].set_title(f"data ({args.dataset})")
+    if exact is not None:
+        ax[1, 0].scatter(exact[:, 0], exact[:, 1], s=2, alpha=0.4, color="black")
+        for i in range(len(fan)):
+            ax[1, 0].plot(ref[:, i, 0], ref[:, i, 1], color="black", lw=1)
+        ax[1, 0].set_title("exact ODE map and trajectories")
+    for j, r in enumerate(rows, start=1):
+        method = methods[r["method"]][0]
+        one = r["nfe"][1]
+        ax[0, j].scatter(one["samples"][:, 0], one["samples"][:, 1], s=2, alpha=0.4, color="tab:red")
+        err = "" if one["endpoint_rmse"] is None else f"RMSE {one['endpoint_rmse']:.3f}, "
+        ax[0, j].set_title(f"{r['label']}, 1 NFE\n{err}energy {one['energy_distance']:.4f}", fontsize=9)
+        a = ax[1, j]
+        a.scatter(data[:2000, 0], data[:2000, 1], s=1, alpha=0.15, color="tab:blue")
+        if ref is not None:
+            for i in range(len(fan)):
+                a.plot(ref[:, i, 0], ref[:, i, 1], color="black", lw=2.5, alpha=0.3)
+        if method.trajectory is not None:
+            path_ = method.trajectory(torch.from_numpy(fan), s_grid).numpy()
+            for i in range(len(fan)):
+                a.plot(path_[:, i, 0], path_[:, i, 1], color="tab:red", lw=1)
+            a.set_title(f"{r['label']}: learned paths from noise", fontsize=9)
+        else:   # a one-step generator has no path: draw noise -> sample
+            out = one["samples"][:len(fan)]
+            for i in range(len(fan)):
+                a.plot([fan[i, 0], out[i, 0]], [fan[i, 1], out[i, 1]], color="tab:red", lw=1, ls="--")
+            a.set_title(f"{r['label']}: noise -> sample (no path)", fontsize=9)
+        a.scatter(fan[:, 0], fan[:, 1], s=10, color="black", marker="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def compare(args, cfg, names):
+    """Train each named method on the same data, steps and MLP; print and save the table
+    (compare.json or results_NAME.json) and the figure (compare.png or toy2d_NAME.png)."""
+    mixture = default_mixture()
+    methods = {name: train_method(args, name, cfg, mixture) for name in names}
+    rng = np.random.default_rng(args.seed + 1)           # the same evaluation points for every method
+    x1 = rng.standard_normal((args.eval_points, 2)).astype(np.float32)
+    fresh = sample_data(args.dataset, args.eval_points, rng, mixture)
+    exact = mixture.solve(x1, 1.0, 0.0) if args.dataset == "gmm" else None
+    rows = compare_table(methods, x1, exact, fresh)
+    reference = {"fresh data (noise floor)": (None, energy_distance(sample_data(args.dataset, args.eval_points, rng, mixture), fresh))}
+    if exact is not None:
+        reference["exact ODE map"] = (0.0, energy_distance(exact, fresh))
+    if "fm" in methods:
+        fm100 = next(r for r in rows if r["method"] == "fm")["nfe"][100]
+        reference["flow matching, 100 Euler steps"] = (fm100["endpoint_rmse"], fm100["energy_distance"])
+    table = format_compare(rows, reference)
+    print(table)
+    stem = "compare" if len(names) > 1 else f"toy2d_{names[0]}"
+    draw_compare(os.path.join(args.out, f"{stem}.png"), rows, methods, args, mixture,
+                 sample_data(args.dataset, 4000, rng, mixture), x1, exact)
+    for r in rows:
+        for v in r["nfe"].values():
+            v.pop("samples")
+    out = "compare.json" if len(names) > 1 else f"results_{names[0]}.json"
+    with open(os.path.join(args.out, out), "w") as f:
+        json.dump({"dataset": args.dataset, "rows": rows, "reference": {k: {"endpoint_rmse": e, "energy_distance": d}
+                   for k, (e, d) in reference.items()}, "table": table, "args": vars(args),
+                   "configs": {n: dataclasses.asdict(m.config) for n, (m, _, _) in methods.items()}}, f, indent=2)
+    print(f"wrote {args.out}/{stem}.png, {out}")
+    return rows
+
+# -----------------------------------------------------------------------------
 # Command line: toy knobs, then every field of SoFlowConfig as --field.
 
 def toy_defaults(steps):
@@ -290,6 +429,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-points", type=int, default=2000)
     p.add_argument("--out", default="out/toy2d", help="output folder")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--method", default="soflow", choices=baselines.METHODS,
+                   help="the method to train; the baselines (baselines.py) use their settings baselines.TOY")
+    p.add_argument("--compare", action="store_true",
+                   help="train every method on the same data, steps and MLP; one table and one figure")
     g = p.add_argument_group("SoFlow method (soflow.SoFlowConfig)")
     base = toy_defaults(4000)
     for f in dataclasses.fields(soflow.SoFlowConfig):
@@ -346,6 +489,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
+    if args.compare or args.method != "soflow":
+        return compare(args, cfg, baselines.METHODS if args.compare else (args.method,))
     rng = np.random.default_rng(args.seed)
     mixture = default_mixture()
     t0 = time.time()
