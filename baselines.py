@@ -25,9 +25,8 @@ Papers and equation numbers:
   [FM]  Lipman et al., "Flow Matching for Generative Modeling" (2022).
   [MF]  Geng, Deng, Bai, Kolter, He, "Mean Flows for One-step Generative Modeling",
         arXiv 2505.13447 (2025).
-  [DM]  "End-to-end single-step flow matching via Direct Models" (/work papers:
-        direct_models.txt).
-  [FGM] "Flow Generator Matching" (flow_generator_matching.txt).
+  [DM]  "End-to-End Single-Step Flow Matching via Direct Models" (anonymous submission).
+  [FGM] "Flow Generator Matching" (anonymous submission; Sec. 4 and Algorithm 1).
 
 The end of the file builds each method for a training loop (its networks, one iteration of
 its algorithm, its samplers), which is what `python toy2d.py --method NAME` and
@@ -562,6 +561,8 @@ TOY = {
     # of r != t: the best of a short trial of (ratio 0.25, 0.75) x (p 1, 0.5) at 2000 steps
     "meanflow": MeanFlowConfig(time_mu=0.0, time_sigma=1.6, ratio=0.75, p=0.5),
     "direct": DirectConfig(),
+    # L2 alone, as the paper trains (Sec. 5.1; it reports that L1 + L2 also works on 2-D toys:
+    # FGMConfig(l1_weight=1.0))
     "fgm": FGMConfig(),
     "fm": FlowMatchingConfig(),
 }

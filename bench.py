@@ -305,6 +305,10 @@ def bench_losses():
     shared = {k: globals()[k] for k in ("device", "batch", "warmup", "iters", "threads", "seed", "tf32")}
     results = {}
     for name in _split(model):
+        import dit
+        n = sum(p.numel() for p in dit.dit_from_name(name).parameters() if p.requires_grad)
+        print(f"# {name}: {n / 1e6:.2f}M trainable parameters; their fp32 weights, gradients and Adam "
+              f"state take {16 * n / 2**30:.3f} GiB whatever the loss")
         for setting in _split(loss_settings):
             if setting not in ("fp32", "bf16"):
                 raise SystemExit(f"unknown loss setting {setting!r}: use fp32 or bf16")

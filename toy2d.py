@@ -340,7 +340,7 @@ def draw_compare(path, rows, methods, args, mixture, data, x1, exact):
     ax[0, 0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4, color="tab:blue")
     ax[0, 0].set_title(f"data ({args.dataset})")
     if exact is not None:
-        ax[1, 0].scatter(exact[:, 0], exact[:, 1], s=2, alpha=0.4, color="black")
+        ax[1, 0].scatter(exact[:, 0], exact[:, 1], s=2, alpha=0.4, color="tab:gray")
         for i in range(len(fan)):
             ax[1, 0].plot(ref[:, i, 0], ref[:, i, 1], color="black", lw=1)
         ax[1, 0].set_title("exact ODE map and trajectories")
