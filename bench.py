@@ -307,8 +307,8 @@ def bench_losses():
     for name in _split(model):
         import dit
         n = sum(p.numel() for p in dit.dit_from_name(name).parameters() if p.requires_grad)
-        print(f"# {name}: {n / 1e6:.2f}M trainable parameters; their fp32 weights, gradients and Adam "
-              f"state take {16 * n / 2**30:.3f} GiB whatever the loss")
+        print(f"# {name}: {n / 1e6:.2f}M trainable parameters, whatever the loss: fp32 gradients + Adam state "
+              f"{12 * n / 2**30:.3f} GiB (in both memory figures), weights {4 * n / 2**30:.3f} GiB (in the GPU figure only)")
         for setting in _split(loss_settings):
             if setting not in ("fp32", "bf16"):
                 raise SystemExit(f"unknown loss setting {setting!r}: use fp32 or bf16")
