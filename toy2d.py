@@ -359,7 +359,8 @@ def draw_compare(path, rows, methods, args, mixture, data, x1, exact):
             path_ = method.trajectory(torch.from_numpy(fan), s_grid).numpy()
             for i in range(len(fan)):
                 a.plot(path_[:, i, 0], path_[:, i, 1], color="tab:red", lw=1)
-            a.set_title(f"{r['label']}: learned paths from noise", fontsize=9)
+            what = "Euler paths, 40 steps" if r["method"] == "fm" else "learned paths from noise"
+            a.set_title(f"{r['label']}: {what}", fontsize=9)
         else:   # a one-step generator has no path: draw noise -> sample
             out = one["samples"][:len(fan)]
             for i in range(len(fan)):
