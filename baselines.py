@@ -160,7 +160,7 @@ class MeanFlowConfig:
     time_sigma: float = 1.0
     ratio: float = 0.25              # share of the batch with r != t; the rest has r = t ([MF] Table 1)
     p: float = 1.0                   # adaptive weight exponent (Sec. 4.3)
-    eps: float = 0.01                # its smoothing constant c (0.01 as in the authors' JAX code)
+    eps: float = 0.01                # its smoothing constant c (the default of a public JAX implementation)
     num_classes: int | None = None   # labels; the null label is index num_classes
     label_drop: float = 0.0          # 0.1 with labels ([MF] Sec. 4.2)
     # training-time guidance ([MF] Eq. 21 of Appendix B.1):
@@ -197,8 +197,8 @@ class MeanFlowConfig:
 
 
 # The class-conditional ImageNet setting used by bench.py: the paper's time sampler, share of
-# r != t and p; training-time guidance with the defaults of the authors' JAX code
-# (omega = 1, kappa = 0.5: effective scale 2, over all t).
+# r != t and p; training-time guidance with the defaults of a public JAX implementation
+# (omega = 1, kappa = 0.5: effective scale 2, over all t). Per-model values are not in SPEC.
 MEANFLOW_IMAGENET = MeanFlowConfig(num_classes=1000, label_drop=0.1, omega=1.0, kappa=0.5)
 
 
@@ -222,8 +222,8 @@ def meanflow_jvp(net, z, t, r, v, y=None):
 
 
 def meanflow_loss(net, cfg, x0, y=None, generator=None):
-    """The MeanFlow objective ([MF] Eq. 9, 10; with guidance Eq. 17, 21) with the adaptive
-    weight; the squared error is summed over the data dimensions as in [MF]."""
+    """The MeanFlow objective ([MF] Eq. 9, 10; guidance as in Sec. 4.2 with Eq. 21) with the
+    adaptive weight; the squared error is summed over the data dimensions as in [MF]."""
     view = cfg.soflow()
     B, dev = x0.shape[0], x0.device
     x1 = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
@@ -352,9 +352,10 @@ def direct_sample(wnet, cfg, x1, y=None):
 #       networks u and v_psi. L2's gradient equals Grad_2 of Eq. 4.5 (Theorem 4.2), L1's is
 #       Grad_1 (Eq. 4.4); together, the gradient of the intractable Eq. 4.1.
 # The paper drops L1 on CIFAR-10 (unstable, Sec. 5.1) and trains with L2: l1_weight = 0.
-# The generator is initialised from the teacher (Sec. 5.1, Eq. 5.1, which evaluates the teacher
-# at a chosen time t*): with t* = 1 that construction is one Euler step of the teacher from
-# noise, g(z) = z - F(z, 1, 1), our choice; the online model starts as the teacher too.
+# The generator is initialised from the teacher: Sec. 5.1 builds it from the teacher network
+# evaluated at a chosen time t* (Eq. 5.1); here it is the teacher's own one-step Euler map
+# from noise, g(z) = z - F(z, 1, 1), a network of the same interface with the teacher's
+# weights. The online model starts as the teacher too.
 # Time convention: [FGM]'s is ours (data at 0, noise at 1, u(x_t | x0) = x1 - x0 for ReFlow).
 
 @dataclass(frozen=True)
