@@ -102,6 +102,7 @@ def sample_data(name, n, rng, mixture=None):
     elif name == "spiral":
         r = np.sqrt(rng.uniform(0, 1, n)) * 3 * np.pi
         x = np.stack([r * np.cos(r), r * np.sin(r)], 1) / (1.5 * np.pi) + 0.05 * rng.standard_normal((n, 2))
+        x = x - [-0.09, 0.405]                              # the spiral's mean
     else:
         raise ValueError(f"unknown dataset {name!r}")
     return x.astype(np.float32)
