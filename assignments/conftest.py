@@ -10,8 +10,8 @@ The file to grade is, in this order: --submission, the SUBMISSION environment
 variable, or student.py next to the grader. It is imported under a fresh module
 name, so any file name works. Each test function carries @pytest.mark.points(n)
 (1 if absent), earned when the test passes (all of its parametrizations); the
-score is the sum. --grade-report PATH writes
-the outcome of every test and the score as JSON (grade.py reads it).
+score is the sum. --grade-report PATH writes the outcome of every test and the
+score as JSON (grade.py reads it).
 """
 
 import importlib.util
@@ -58,11 +58,8 @@ def load_submission(path):
     name = f"submission_{path.stem}_{next(_counter)}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(name, None)
+    sys.modules[name] = module          # as a normal import would (dataclasses, pickling need it)
+    spec.loader.exec_module(module)
     return module
 
 

@@ -9,7 +9,7 @@ import ast
 import csv
 import importlib.util
 import json
-import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +35,7 @@ def _import_once():
     import matplotlib.pyplot  # noqa: F401
     import scipy.integrate    # noqa: F401
 
+
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = sorted(p.parent for p in (ROOT / "assignments").glob("*/grader.py"))
 WRONG = sorted(p for a in ASSIGNMENTS for p in a.glob("wrong_*.py"))
@@ -42,6 +43,14 @@ WRONG = sorted(p for a in ASSIGNMENTS for p in a.glob("wrong_*.py"))
 
 def ids(paths):
     return [f"{p.parent.name}/{p.name}" if p.suffix else p.name for p in paths]
+
+
+@pytest.fixture
+def pytester(pytester, monkeypatch):
+    """In-process pytest runs without third-party plugins: pytester discards the modules a
+    run imports, and a plugin such as hypothesis's would be imported again every run."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    return pytester
 
 
 def grade(pytester, submission):
@@ -84,9 +93,10 @@ def test_every_assignment_is_complete():
         for name in ("README.md", "student.py", "solution.py", "grader.py"):
             assert (a / name).is_file(), f"{a.name}/{name} is missing"
         assert list(a.glob("wrong_*.py")), f"{a.name} has no deliberately wrong solution"
-        text = (a / "README.md").read_text().lower()
-        for section in ("what to implement", "check yourself", "grading", "time"):
-            assert section in text, f"{a.name}/README.md says nothing under '{section}'"
+        text = (a / "README.md").read_text()
+        for section in ("## Context", "## What to implement", "## Check yourself", "## How it is graded",
+                        "**Estimated time:**"):
+            assert section in text, f"{a.name}/README.md lacks '{section}'"
         student = (a / "student.py").read_text()
         assert "TODO(student)" in student and "raise NotImplementedError" in student
     index = (ROOT / "assignments" / "README.md").read_text()
@@ -99,6 +109,11 @@ def test_reference_solution_gets_full_marks(pytester, assignment):
     ret, report, failures = grade(pytester, assignment / "solution.py")
     assert ret == 0 and not failed_tests(report), failures
     assert report["earned"] == report["total"] > 0
+    # the README's grading table lists every test with the grader's points
+    readme = (assignment / "README.md").read_text()
+    table = {name: float(points) for name, points in re.findall(r"^\| `(test_\w+)` \| (\d+) \|", readme, re.M)}
+    assert table == {name: r["points"] for name, r in report["tests"].items()}
+    assert f"{report['total']:g} points" in readme
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS, ids=ids(ASSIGNMENTS))

@@ -57,7 +57,7 @@ def exact_guided_velocity(mixture, x, t, y, w):
     """The guided marginal velocity of Eq. 18, w v(x, t | y) + (1 - w) v(x, t), for points
     x (N, 2) with labels y (N,), in closed form (numpy, float64). The class-conditional
     velocity of class k is the velocity of the single Gaussian N(mu_k, std^2 I)."""
-    v = w * np.zeros_like(x, dtype=np.float64) + (1 - w) * mixture.velocity(x, t)
+    v = (1 - w) * mixture.velocity(x, t)
     for k in np.unique(y):
         idx = y == k
         component = toy2d.GaussianMixture(mixture.means[k:k + 1], mixture.std, [1.0])
