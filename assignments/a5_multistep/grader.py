@@ -12,7 +12,6 @@ agree with soflow.sample_chain and soflow.sample_renoise given the same noise.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -96,7 +96,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Deterministic against re-noising multi-step sampling on the 2-D toy")
     p.add_argument("--steps", type=int, default=2000, help="training steps of the toy model")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--points", type=int, default=2000)
     p.add_argument("--out", default="out/a5_multistep")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,8 +109,10 @@ def main(argv=None):
     x1 = torch.from_numpy(rng.standard_normal((a.points, 2)).astype(np.float32))
     exact = mixture.solve(x1.numpy(), 1.0, 0.0, cfg.schedule)
     data = toy2d.sample_data("gmm", a.points, rng, mixture)
+    floor = toy2d.energy_distance(toy2d.sample_data("gmm", a.points, rng, mixture), data)
     g = torch.Generator().manual_seed(a.seed)
-    table = ["## the exact solution map (scipy) in place of the network\n",
+    table = [f"Energy distance between two sets of {a.points} fresh data points (the noise floor): {floor:.4f}\n",
+             "## the exact solution map (scipy) in place of the network\n",
              format_table(compare(exact_mixture_map(mixture), x1.double(), exact, data, generator=g)),
              f"\n## the trained toy model ({a.steps} steps)\n",
              format_table(compare(model_map(net, cfg), x1, exact, data, generator=g))]
