@@ -283,9 +283,9 @@ def micro_seed(seed, step, index):
 
 
 def set_seed(seed, device):
-    torch.manual_seed(seed)                # the CPU generator (and CUDA's, lazily)
+    torch.random.default_generator.manual_seed(seed)    # the CPU generator
     if device.type == "cuda":
-        torch.cuda.manual_seed(seed)       # this process's GPU: noise, times, dropout
+        torch.cuda.manual_seed(seed)                    # this process's GPU: noise, times, dropout
 
 # =============================================================================
 # ImageNet latents (written by prepare_imagenet.py).
@@ -578,6 +578,35 @@ def save_grid(images, path, nrow=8):
 # =============================================================================
 # The training loop. Shared with train_cifar.py.
 
+def train_step(run, model, opt, params, ema, micro, step, C, autocast, sums):
+    """One optimizer step from this process's micro-batches `micro`: forward and backward
+    of each (gradients accumulated, all-reduced by DDP on the last one only), the
+    gradient norm (clipped if asked), the update, the EMA. Adds the loss's logs to the
+    device tensors in `sums`. Returns (whether everything was finite, gradient norm),
+    both device tensors: nothing here waits for the device."""
+    rank, world, device, accum = run.rank, run.world, run.device, run.accum
+    ok = torch.ones((), dtype=torch.bool, device=device)
+    for a, mb in enumerate(micro):
+        set_seed(micro_seed(C["seed"], step, a * world + rank), device)
+        sync = model.no_sync() if world > 1 and a < accum - 1 else nullcontext()
+        with sync:
+            with autocast:
+                loss, logs = model(step, *mb)
+            (loss / accum).backward()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0) + v.float() / accum
+        ok &= torch.isfinite(loss.detach())
+    if C["grad_clip"] > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(params, C["grad_clip"], foreach=True)
+    else:
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+    ok &= torch.isfinite(gnorm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    ema.update(run.net, step + 1)
+    return ok, gnorm.detach()
+
+
 def train(C, run):
     """Train `run.net` with the loss module `run.objective` for C['steps'] steps (or up
     to C['stop_at']), resuming from out_dir/ckpt.pt if present.
@@ -649,29 +678,10 @@ def train(C, run):
     batches = run.batches(step)
     try:
         while step < end:
-            micro = batches.next()
-            ok = torch.ones((), dtype=torch.bool, device=device)
-            for a, mb in enumerate(micro):
-                set_seed(micro_seed(C["seed"], step, a * world + rank), device)
-                sync = model.no_sync() if world > 1 and a < accum - 1 else nullcontext()
-                with sync:                     # gradients are all-reduced on the last micro-step only
-                    with autocast:
-                        loss, logs = model(step, *mb)
-                    (loss / accum).backward()
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0) + v.float() / accum
-                ok &= torch.isfinite(loss.detach())
-            if C["grad_clip"] > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(params, C["grad_clip"], foreach=True)
-            else:
-                gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
-            ok &= torch.isfinite(gnorm)
+            ok, gnorm = train_step(run, model, opt, params, ema, batches.next(), step, C, autocast, sums)
             first_bad = torch.minimum(first_bad, torch.where(ok, NEVER, step + 1))
-            gsum += gnorm.detach()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            gsum += gnorm
             step += 1
-            ema.update(run.net, step)
             since_log += 1
             bar.update(1)
 

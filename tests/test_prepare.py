@@ -141,3 +141,29 @@ def test_bad_inputs_say_what_was_expected(folder, tmp_path):
         P.main([f"--data_dir={root / 'train'}", "--chunk_size=0"])
     with pytest.raises(SystemExit, match="unknown setting 'bogus'"):
         P.main(["--bogus=1"])
+
+
+def test_torchrun_shards_the_chunks_over_processes(folder, tmp_path):
+    """Two processes (chunks 0, 2 and 1 of 3) write what one process writes."""
+    import socket
+    import subprocess
+    import sys
+    root, _, _ = folder
+    common = [f"--data_dir={root / 'train'}", f"--vae={root / 'vae'}", f"--image_size={SIZE}", "--num_workers=0",
+              "--batch_size=2", "--chunk_size=2", "--progress=False"]
+    P.main(common + [f"--out_dir={tmp_path / 'one'}"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", f"--master_port={port}", os.path.join(here, "prepare_imagenet.py"),
+                          *common, f"--out_dir={tmp_path / 'two'}"],
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=here, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "two" / "done")) == ["000000", "000001", "000002"]
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["complete"]
+    for name in ("mean", "std", "labels"):
+        a, b = np.load(tmp_path / "one" / f"{name}.npy"), np.load(tmp_path / "two" / f"{name}.npy")
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -552,3 +552,17 @@ def test_augmentation_labels_and_probabilities():
     assert torch.equal(out[untouched], x[untouched])
     aniso = lab[:, 2:4][(lab[:, 2:4] != 0).any(1)]
     assert 0.35 < (aniso[:, 1] == 0).float().mean() < 0.65                  # angle 0 in half of the cases
+
+
+def test_bench_train_mode_runs(capsys):
+    """bench.py --mode=train times the scripts' own train_step (a smoke test; the figures
+    are in BENCHMARKS.md)."""
+    import importlib
+    import bench
+    try:
+        bench.main(["--mode=train", "--model=T/4,unet", "--batch=1", "--iters=1", "--warmup=1", "--attn=fused",
+                    "--settings=fp32", "--device=cpu"])
+    finally:
+        importlib.reload(bench)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| T/4") or line.startswith("| unet")]
+    assert len(rows) == 2 and all(float(r.split("|")[6]) > 0 for r in rows)       # images / s
