@@ -23,9 +23,13 @@ Augmentation (the released recipe; SPEC section 7): every image is flipped
 horizontally with probability `xflip` (0.5), and with probability `augment_p` (0.12)
 each of three geometric transforms is drawn, as in EDM's augmentation pipeline:
 isotropic scaling by 2^(0.2 w), anisotropic scaling by 2^(0.2 w) along a direction
-(rotated by a uniform angle r in half of the cases) and 1 / 2^(0.2 w) across it, and
-a translation by 0.125 x (image size) x (w_x, w_y), all w ~ N(0, 1). The network sees
-what was done through its 6-dim augmentation label, in EDM's order and encoding:
+(rotated by an angle r uniform in [-pi, pi) in half of the cases) and 1 / 2^(0.2 w)
+across it, and a translation by 0.125 x (image size) x (w_x, w_y), all w ~ N(0, 1),
+applied as one affine resampling (bilinear, mirrored borders). EDM's pipeline has
+more transforms (y-flip, rotation, colour) and resamples on a wavelet-filtered 2x
+grid; only the four transforms of SPEC are here, with plain bilinear resampling. The
+network sees what was done through its 6-dim augmentation label, in the order and
+encoding of EDM's pipeline for these transforms:
 
     [flip (0 or 1), w_scale, w_aniso cos r, w_aniso sin r, w_x, w_y]    (0 where not drawn)
 
@@ -130,8 +134,9 @@ def load_cifar10(root, download, rank):
         if len(y) and (y.min() < 0 or y.max() > 9):
             raise ValueError("labels outside 0..9")
     except Exception as e:
+        again = "the next run downloads it again. Or: " if download else ""
         raise SystemExit(f"malformed CIFAR-10 in {folder}/ ({type(e).__name__}: {e}). Delete the folder; "
-                         f"{'the next run downloads it again' if download else ''}. {how}") from e
+                         f"{again}{how}") from e
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 # =============================================================================
@@ -149,7 +154,7 @@ def augment(x, p=0.12, xflip=0.5, scale_std=0.2, aniso_std=0.2, aniso_rotate_pro
     flip = (u() < xflip).float()
     w_scale = drawn(torch.randn(N, device=dev))
     w_aniso = drawn(torch.randn(N, device=dev))
-    angle = torch.where(u() < aniso_rotate_prob, 2 * math.pi * u(), torch.zeros(N, device=dev))
+    angle = torch.where(u() < aniso_rotate_prob, (2 * u() - 1) * math.pi, torch.zeros(N, device=dev))
     w_xy = torch.where((u() < p)[:, None], torch.randn(N, 2, device=dev), torch.zeros(N, 2, device=dev))
     labels = torch.stack([flip, w_scale, w_aniso * angle.cos(), w_aniso * angle.sin(), w_xy[:, 0], w_xy[:, 1]], 1)
     images = warp(x, flip, 2 ** (scale_std * w_scale), 2 ** (aniso_std * w_aniso), angle,
@@ -255,6 +260,7 @@ def main(argv=None):
             if not 0 <= C[k] <= 1:
                 raise ValueError(f"--{k}={C[k]!r}: must be in [0, 1]")
         cfg = T.method_config(C)
+        T.check_split(cfg, C["micro_batch"], rank)
         if cfg.num_classes is not None:
             raise ValueError(f"--method={C['method']!r} is class-conditional; CIFAR-10 is trained unconditionally")
         with torch.device("meta"):            # the network arguments, without compute

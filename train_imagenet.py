@@ -110,8 +110,7 @@ for _name, _steps in (("B/4", 400_000), ("B/2", 1_200_000), ("M/2", 1_200_000),
 # dense bf16 tensor-core peaks (vendor datasheets, FLOP/s), matched in this order against
 # torch.cuda.get_device_name(); --peak_flops overrides
 PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
-              ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
-              ("RTX 4090", 165e12))
+              ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12), ("RTX 4090", 165e12))
 
 LATENT_SCALE = 0.18215          # SD-VAE latents are scaled by this before training (SPEC section 7)
 PREPARE_COMMAND = ("torchrun --nproc_per_node=8 prepare_imagenet.py "
@@ -241,6 +240,15 @@ def method_config(C, num_classes="keep"):
     if num_classes != "keep" and cfg.num_classes is not None:
         cfg = cfg.replace(num_classes=num_classes)
     return cfg
+
+
+def check_split(cfg, micro, rank):
+    """soflow_loss gives the first round(lambda * B) images of each micro-batch to flow
+    matching: say so when a micro-batch cannot be split in the proportion lambda."""
+    n_fm = round(cfg.fm_ratio * micro)
+    if rank == 0 and n_fm != cfg.fm_ratio * micro:
+        print(f"note: fm_ratio {cfg.fm_ratio} of a micro-batch of {micro} is not a whole number of images: "
+              f"{n_fm} go to flow matching, {micro - n_fm} to consistency", flush=True)
 
 
 def method_keys():
@@ -632,7 +640,8 @@ def train(C, run):
     ema = EMA(run.net, C["ema_decay"], C["ema_every"], C["ema_dtype"])
     step = 0
     if os.path.isfile(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        # memory-mapped: the processes of a node share one copy of the file in the page cache
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
         diff = config_diff(ckpt["config"], run.config)
         if diff:
             raise SystemExit(f"{ckpt_path} was written by a run with another configuration; "
@@ -814,6 +823,7 @@ def main(argv=None):
     if len(latents) < C["batch_size"]:
         raise SystemExit(f"{C['data']} holds {len(latents)} latents, fewer than one batch of {C['batch_size']}")
     cfg = method_config(C, num_classes=latents.num_classes)
+    check_split(cfg, C["micro_batch"], rank)
     channels, H, W = latents.shape
     try:
         with torch.device("meta"):           # validates the network arguments without compute
