@@ -138,7 +138,7 @@ def configure(argv, defaults, presets, net_keys, method_keys, doc, list_presets)
             for k, v in defaults.items():
                 print(f"  --{k}={v!r}")
             print(f"network arguments: {', '.join(sorted(net_keys))}")
-            print(f"method fields: {', '.join(sorted(method_keys))}")
+            print(f"method fields: {', '.join(sorted(set(method_keys) - {'total_steps', 'num_classes'}))}")
             raise SystemExit(0)
         if arg == "--list_presets":
             list_presets()
