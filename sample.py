@@ -433,7 +433,10 @@ def parse_args(argv=None):
         if args.released and args.model is None:
             raise ValueError("--released: name the checkpoint's configuration with --model "
                              f"({', '.join(MODEL_NAMES)})")
-        args.net_args = json.loads(args.net_args) if args.net_args else {}
+        try:
+            args.net_args = json.loads(args.net_args) if args.net_args else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--net-args={args.net_args}: not valid JSON ({e})") from None
         if not isinstance(args.net_args, dict):
             raise ValueError("--net-args must be a JSON object, e.g. '{\"num_classes\": 10}'")
         if args.mode not in MODES:
@@ -570,6 +573,7 @@ def main(argv=None):
     if world > 1:
         dist.all_reduce(rates)             # sum of the processes' rates
         dist.barrier()                     # every part file is complete
+        dist.destroy_process_group()       # rank 0 merges alone (minutes for 50,000 ImageNet images)
     if rank == 0:
         # ranks beyond the number of batches made nothing and wrote no part
         parts = [np.load(part_path(out, r), mmap_mode="r")
@@ -602,9 +606,6 @@ def main(argv=None):
               + (" (first batch excluded)" if skip else "") + f", {world} process(es)")
         print(f"wrote {out / 'samples.npz'} ({args.num_samples} x {'x'.join(map(str, img_shape))})"
               + (f" and {out / 'grid.png'}" if args.grid else ""))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
     return out
 
 
