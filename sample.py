@@ -571,7 +571,9 @@ def main(argv=None):
     rates = torch.tensor([sum(timed[skip:]) / max(sum(net_time[skip:]), 1e-12),
                           sum(timed[skip:]) / max(sum(total_time[skip:]), 1e-12)], dtype=torch.float64)
     if world > 1:
+        rates = rates.to(device)           # NCCL reduces CUDA tensors only
         dist.all_reduce(rates)             # sum of the processes' rates
+        rates = rates.cpu()
         dist.barrier()                     # every part file is complete
         dist.destroy_process_group()       # rank 0 merges alone (minutes for 50,000 ImageNet images)
     if rank == 0:
