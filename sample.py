@@ -253,37 +253,15 @@ def image_labels(seed, indices, classes, num_classes):
 # Generation.
 
 @torch.no_grad()
-def sample_renoise(net, cfg, x1, y, times, noise):
-    """soflow.sample_renoise with the fresh noise of each re-noising step given
-    (noise[i] for the step to times[i + 1]) rather than drawn for the whole batch from
-    one generator, so that it is per image. The same two operations: the jump to data
-    f(x, t_i, 0) (soflow.solution) and the re-noising alpha x0 + beta eps
-    (soflow.interpolate); tests/test_sample.py checks it against soflow.sample_renoise."""
-    ts = [torch.full((x1.shape[0],), float(t), device=x1.device) for t in times]
-    x = x1
-    for i, t in enumerate(ts[:-1]):
-        x0 = soflow.solution(net, cfg, x, t, torch.zeros_like(t), y)
-        if i < len(ts) - 2:
-            x, _ = soflow.interpolate(cfg, x0, noise[i].to(x0.dtype), ts[i + 1])
-    return x0
-
-
-@torch.no_grad()
 def generate(net, cfg, x1, y=None, times=(1.0, 0.0), mode="renoise", noise=None):
     """The model's output (latents or pixels) from the noise x1 along `times`
     (1 = t0 > ... > tN = 0): one network evaluation per step."""
-    times = check_times([float(t) for t in times])
+    times = soflow.time_grid(times=times)
     if len(times) == 2:
         return soflow.sample(net, cfg, x1, y)
     if mode == "chain":
         return soflow.sample_chain(net, cfg, x1, y, times=times)
-    return sample_renoise(net, cfg, x1, y, times, noise)
-
-
-def check_times(times):
-    if len(times) < 2 or times[0] != 1.0 or times[-1] != 0.0 or any(a <= b for a, b in zip(times, times[1:])):
-        raise ValueError(f"times {times}: must decrease strictly from 1 to 0")
-    return times
+    return soflow.sample_renoise(net, cfg, x1, y, times=times, noise=noise)   # noise drawn per image
 
 
 def load_vae(path, device, dtype=torch.float32):
@@ -448,7 +426,7 @@ def parse_args(argv=None):
                 times = [float(t) for t in args.times.split(",")]
             except ValueError:
                 raise ValueError(f"--times={args.times}: expected comma-separated numbers like 1,0.5,0") from None
-            check_times(times)
+            soflow.time_grid(times=times)
             if args.steps is not None and args.steps != len(times) - 1:
                 raise ValueError(f"--steps={args.steps} but --times has {len(times) - 1} steps")
         else:

@@ -378,7 +378,7 @@ def test_renoise_matches_soflow_and_is_reproducible(files, tmp_path):
     assert np.abs(a["arr_0"].astype(int) - c["arr_0"]).mean() > 5
     x1, noise = sample.image_noise(2, range(6), (3, 8, 8), renoise_steps=2)
     cfg = soflow.preset("cifar10")
-    assert_images_close(a["arr_0"], expected_uint8(sample.sample_renoise(net, cfg, x1, None, torch.linspace(1, 0, 4).tolist(), noise)))
+    assert_images_close(a["arr_0"], expected_uint8(soflow.sample_renoise(net, cfg, x1, None, times=torch.linspace(1, 0, 4).tolist(), noise=noise)))
 
 
 def test_chain_equals_soflow_sample_chain(files, tmp_path):
