@@ -364,29 +364,39 @@ def sample(net, cfg, x1, y=None):
     return solution(net, cfg, x1, ones, 0 * ones, y)
 
 
-def _times(steps, times, like):
+def time_grid(steps=1, times=None):
+    """The sampling times 1 = t0 > t1 > ... > tN = 0: `times` if given (checked), else
+    `steps` equal intervals."""
     if times is None:
-        if steps < 1:
-            raise ValueError(f"steps = {steps}: must be >= 1")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps = {steps}: must be an integer >= 1")
         times = torch.linspace(1, 0, steps + 1).tolist()
     times = [float(u) for u in times]
     if len(times) < 2 or times[0] != 1.0 or times[-1] != 0.0 or any(a <= b for a, b in zip(times, times[1:])):
         raise ValueError(f"times {times}: must decrease strictly from 1 to 0")
-    return [torch.full((like.shape[0],), u, device=like.device) for u in times]
+    return times
+
+
+def _times(steps, times, like):
+    return [torch.full((like.shape[0],), u, device=like.device) for u in time_grid(steps, times)]
 
 
 @torch.no_grad()
-def sample_renoise(net, cfg, x1, y=None, steps=2, times=None, generator=None):
+def sample_renoise(net, cfg, x1, y=None, steps=2, times=None, generator=None, noise=None):
     """Multi-step sampling as released: at each time t_i jump to data with
-    f(x, t_i, 0), then re-noise to t_{i+1} with fresh noise; the last jump is the output."""
+    f(x, t_i, 0), then re-noise to t_{i+1} with fresh noise; the last jump is the output.
+    The fresh noise is drawn from `generator`, or given: noise[i] for the step to t_{i+1}
+    (so that a caller can make it depend on each sample alone, not on the batch)."""
     ts = _times(steps, times, x1)
+    if noise is not None and len(noise) < len(ts) - 2:
+        raise ValueError(f"{len(ts) - 2} re-noising steps need as many noise tensors, got {len(noise)}")
     x = x1
     for i, t in enumerate(ts[:-1]):
         x0 = solution(net, cfg, x, t, torch.zeros_like(t), y)
         if i < len(ts) - 2:
-            alpha, beta, _, _ = schedule(cfg.schedule, ts[i + 1])
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x = _bc(alpha, x) * x0 + _bc(beta, x) * noise
+            eps = noise[i] if noise is not None else torch.randn(x.shape, device=x.device, dtype=x.dtype,
+                                                                 generator=generator)
+            x, _ = interpolate(cfg, x0, eps.to(x0.dtype), ts[i + 1])     # alpha x0 + beta eps
     return x0
 
 
