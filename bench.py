@@ -215,7 +215,7 @@ def build_training(name, attn_mode, compiled):
         data = (torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev),)
         opt = dict(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0)
         ema = T.EMA(net, 0.9999, 16, "float64")
-        n_sc = batch - round(cfg.fm_ratio * batch)
+        n_sc = batch - soflow.fm_count(cfg, batch)
         flops = train_cifar.unet_forward_flops(net.config) * (3 * batch + n_sc)
     else:
         import dit

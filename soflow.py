@@ -297,16 +297,30 @@ def scm_loss(net, cfg, x_t, t, l, s, y, v_target):
     return loss.mean(), q2 * (t - l).square(), w
 
 
-def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
+def fm_count(cfg, batch):
+    """How many samples of a batch go to the flow matching loss: lambda B, rounded half up."""
+    return math.floor(cfg.fm_ratio * batch + 0.5)
+
+
+def soflow_loss(net, cfg, x0, y=None, step=0, generator=None, net_kwargs=None):
     """The training objective L = lambda L_FM + (1 - lambda) L_SCM (Sec. 4.2, Algorithm 1).
 
-    The first round(lambda * B) samples of the batch go to the flow matching loss,
+    The first fm_count(cfg, B) samples of the batch go to the flow matching loss,
     the rest to the solution consistency loss. With labels and guidance on, the
-    targets use v_mix (Eq. 19) for samples that kept their label. Returns the
-    scalar to backpropagate and a dict of detached figures for logging.
+    targets use v_mix (Eq. 19) for samples that kept their label. net_kwargs holds
+    per-sample extra inputs of the network, {name: tensor (B, ...)} (the U-Net's
+    augmentation labels, say): each network call gets the rows of its samples.
+    Returns the scalar to backpropagate and a dict of detached figures for logging.
     """
     B = x0.shape[0]
-    n_fm = round(cfg.fm_ratio * B)
+    n_fm = fm_count(cfg, B)
+
+    def rows(index):       # the network, with the extra inputs of these samples bound
+        if not net_kwargs:
+            return net
+        kw = {k: v[index] for k, v in net_kwargs.items()}
+        return lambda x, t, s, y=None: net(x, t, s, y, **kw)
+
     conditional = cfg.num_classes is not None and y is not None
     if y is not None and not conditional:
         raise ValueError("labels were given but the config is unconditional (num_classes=None)")
@@ -328,11 +342,11 @@ def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
     if conditional and cfg.guidance:
         with torch.no_grad():
             null = torch.full_like(y, cfg.num_classes)
-            v_both = velocity(net, cfg, torch.cat([x_t, x_t[n_fm:]]), torch.cat([t, t_sc]),
-                              torch.cat([null, y[n_fm:]]))
+            both = torch.cat([torch.arange(B, device=dev), torch.arange(n_fm, B, device=dev)])
+            v_both = velocity(rows(both), cfg, x_t[both], torch.cat([t, t_sc]), torch.cat([null, y[n_fm:]]))
             v_uncond, v_guided_sc = v_both[:B], v_both[B:]
     if n_fm > 0:
-        v_fm = velocity(net, cfg, x_t[:n_fm], t_fm, None if y is None else y[:n_fm])
+        v_fm = velocity(rows(slice(0, n_fm)), cfg, x_t[:n_fm], t_fm, None if y is None else y[:n_fm])
     v_target = v_c
     if v_uncond is not None:
         v_guided = torch.cat([v_fm.detach(), v_guided_sc]) if n_fm > 0 else v_guided_sc
@@ -344,11 +358,11 @@ def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
     loss_fm = loss_sc = zero
     if n_fm > 0:
         y_fm = None if y is None else y[:n_fm]
-        loss_fm, mse, w = fm_loss(net, cfg, x_t[:n_fm], t_fm, y_fm, v_target[:n_fm], v_pred=v_fm)
+        loss_fm, mse, w = fm_loss(rows(slice(0, n_fm)), cfg, x_t[:n_fm], t_fm, y_fm, v_target[:n_fm], v_pred=v_fm)
         logs.update(fm_mse=mse.mean(), fm_weight=w.mean())
     if n_fm < B:
         y_sc = None if y is None else y[n_fm:]
-        loss_sc, mse, w = scm_loss(net, cfg, x_t[n_fm:], t_sc, l, s, y_sc, v_target[n_fm:])
+        loss_sc, mse, w = scm_loss(rows(slice(n_fm, B)), cfg, x_t[n_fm:], t_sc, l, s, y_sc, v_target[n_fm:])
         logs.update(scm_mse=mse.mean(), scm_weight=w.mean())
     loss = cfg.fm_ratio * loss_fm + (1 - cfg.fm_ratio) * loss_sc
     logs["loss"] = loss

@@ -193,37 +193,18 @@ def warp(x, flip, scale, aniso, angle, tx, ty):
 class PixelObjective(nn.Module):
     """The whole loss of one micro-batch as one module call (DDP wraps this module:
     see train_imagenet.LatentObjective): uint8 images -> [-1, 1] -> augmentation ->
-    SoFlow loss, the augmentation label going with each image into every network call.
-
-    soflow_loss splits its batch itself (the first round(lambda B) images for flow
-    matching, the rest for consistency) and has no way to pass per-image extras such as
-    the augmentation label to the network calls of each part. So each part is given to
-    it separately, as a whole batch of one loss (fm_ratio = 1, then 0), and the two are
-    combined with the weights of soflow_loss: L = lambda L_FM + (1 - lambda) L_SCM."""
+    SoFlow loss, whose every network call gets the augmentation labels of its images
+    (soflow_loss's net_kwargs)."""
 
     def __init__(self, net, cfg, augment_p, xflip, use_labels):
         super().__init__()
         self.net, self.cfg, self.augment_p, self.xflip, self.use_labels = net, cfg, augment_p, xflip, use_labels
-        self.parts = (cfg.replace(fm_ratio=1.0), cfg.replace(fm_ratio=0.0))
 
     def forward(self, step, images):
         x0 = images.float() / 127.5 - 1
         x0, labels = augment(x0, self.augment_p, self.xflip)
-        if not self.use_labels:
-            return soflow.soflow_loss(self.net, self.cfg, x0, step=step)
-        lam = self.cfg.fm_ratio
-        n_fm = round(lam * x0.shape[0])
-        loss, logs = 0.0, {}
-        for (lo, hi), part, weight in (((0, n_fm), self.parts[0], lam), ((n_fm, x0.shape[0]), self.parts[1], 1 - lam)):
-            if hi == lo:
-                continue
-            aug = labels[lo:hi]
-            net = lambda x, t, s, y=None, aug=aug: self.net(x, t, s, y, augment_labels=aug)
-            part_loss, part_logs = soflow.soflow_loss(net, part, x0[lo:hi], step=step)
-            loss = loss + weight * part_loss
-            logs.update({k: v for k, v in part_logs.items() if k != "loss"})
-        logs["loss"] = loss.detach()
-        return loss, logs
+        extra = {"augment_labels": labels} if self.use_labels else None
+        return soflow.soflow_loss(self.net, self.cfg, x0, step=step, net_kwargs=extra)
 
 
 def unet_forward_flops(config):
@@ -326,7 +307,7 @@ def main(argv=None):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return soflow.sample(holder, cfg, noise)
 
-    n_sc = micro - round(cfg.fm_ratio * micro)
+    n_sc = micro - soflow.fm_count(cfg, micro)
     run = SimpleNamespace(
         rank=rank, world=world, device=device, accum=accum, net=net,
         objective=PixelObjective(fwd, cfg, C["augment_p"], C["xflip"], bool(net.augment_dim)),

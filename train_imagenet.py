@@ -243,9 +243,9 @@ def method_config(C, num_classes="keep"):
 
 
 def check_split(cfg, micro, rank):
-    """soflow_loss gives the first round(lambda * B) images of each micro-batch to flow
-    matching: say so when a micro-batch cannot be split in the proportion lambda."""
-    n_fm = round(cfg.fm_ratio * micro)
+    """soflow_loss gives the first soflow.fm_count(cfg, B) images of each micro-batch to
+    flow matching: say so when a micro-batch cannot be split in the proportion lambda."""
+    n_fm = soflow.fm_count(cfg, micro)
     if rank == 0 and n_fm != cfg.fm_ratio * micro:
         print(f"note: fm_ratio {cfg.fm_ratio} of a micro-batch of {micro} is not a whole number of images: "
               f"{n_fm} go to flow matching, {micro - n_fm} to consistency", flush=True)
@@ -423,12 +423,11 @@ def dit_step_flops(net_config, cfg, micro, accum, world):
     """Arithmetic operations of one optimizer step, for MFU: 2 per multiply-add of
     dit.flops, x3 for each forward that carries gradients (forward + backward). The
     forwards are those soflow_loss makes on a micro-batch of `micro` images (first
-    round(lambda * micro) for flow matching, the rest for consistency): flow matching
+    soflow.fm_count(cfg, micro) for flow matching, the rest for consistency): flow matching
     and consistency forwards with gradients on all of them, the gradient-free
     consistency target on the consistency part, and with guidance one gradient-free
     pass on the whole micro-batch plus the consistency part."""
-    n_fm = round(cfg.fm_ratio * micro)
-    n_sc = micro - n_fm
+    n_sc = micro - soflow.fm_count(cfg, micro)
     nograd = n_sc + ((micro + n_sc) if cfg.guidance else 0)
     return 2 * dit.flops(net_config) * (3 * micro + nograd) * accum * world
 
