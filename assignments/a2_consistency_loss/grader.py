@@ -183,7 +183,7 @@ def train(loss_fn, steps=400, seed=0, batch_size=256):
     net = toy2d.MLP(width=64, depth=3)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    n = round(cfg.fm_ratio * batch_size)
+    n = soflow.fm_count(cfg, batch_size)
     for step in range(steps):
         x0 = MU + STD * torch.randn(batch_size, 2, generator=g)
         x1 = torch.randn(batch_size, 2, generator=g)

@@ -107,7 +107,7 @@ def config(w, m, steps, num_classes=4):
 def loss_step(net, cfg, x0, y, step, generator=None):
     """Algorithm 1 from soflow's building blocks, with guided_target making the targets."""
     B = x0.shape[0]
-    n = round(cfg.fm_ratio * B)
+    n = soflow.fm_count(cfg, B)                             # lambda B samples for L_FM
     x1 = torch.randn(x0.shape, generator=generator)
     t_fm = soflow.fm_times(cfg, n, generator=generator)
     t_sc, l, s = soflow.scm_times(cfg, B - n, step, generator=generator)
