@@ -21,6 +21,14 @@ Modes
             torch.compile). Reports time per image, images/s, the arithmetic rate implied
             by the analytic FLOP count (DiT only: 2 operations per multiply-add, x3 for
             forward + backward) and, on a GPU with a known peak, MFU.
+  train     one optimizer step of train_imagenet.py (DiT names) or train_cifar.py ('unet')
+            at the paper's settings on synthetic data: the whole SoFlow loss of a
+            micro-batch of `batch` images, backward, optimizer, EMA, with the scripts' own
+            train_step. Reports ms / step, images/s, the arithmetic rate of the forwards
+            the loss makes (train_imagenet.dit_step_flops; the U-Net's counted by torch's
+            FLOP counter), MFU and peak memory. The paper's per-GPU batch on 8 GPUs:
+                python bench.py --mode=train --model=B/2,XL/2 --batch=32 --attn=fused --settings=fp32,bf16+compile
+                python bench.py --mode=train --model=unet --batch=128 --attn=fused --settings=fp32,bf16+compile
   losses    one training step (loss forward + backward + Adam step) of the SoFlow loss
             (soflow.soflow_loss, preset 'imagenet', guidance on) against the MeanFlow loss
             (baselines.meanflow_loss, MEANFLOW_IMAGENET, guidance on) on the same DiT, batch
@@ -352,8 +360,99 @@ def bench_losses():
                 print(f"| {name} | {attn_mode} | {setting} | {measure_sampling(name, attn_mode, setting):.1f} |", flush=True)
 
 # -----------------------------------------------------------------------------
+# mode: train
 
-MODES = {"networks": bench_networks, "losses": bench_losses}
+def build_training(name, attn_mode, compiled):
+    """What train_imagenet.py (DiT names) or train_cifar.py ('unet') trains, at the
+    paper's settings: the network, the loss module, one micro-batch of synthetic data
+    (`batch` images), the optimizer settings, the EMA and the operations of one step."""
+    import soflow
+    import train_imagenet as T
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    if name == "unet":
+        import train_cifar
+        import unet
+        net = unet.UNet(attn=attn_mode).to(dev)
+        cfg = soflow.preset("cifar10")
+        fwd = torch.compile(net, dynamic=False) if compiled else net
+        if compiled:
+            from torch._inductor import config as inductor_config
+            inductor_config.fallback_random = True       # as train_cifar.py: dropout masks replay
+        objective = train_cifar.PixelObjective(fwd, cfg, 0.12, 0.5, True)
+        data = (torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev),)
+        opt = dict(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0)
+        ema = T.EMA(net, 0.9999, 16, "float64")
+        n_sc = batch - soflow.fm_count(cfg, batch)
+        flops = train_cifar.unet_forward_flops(net.config) * (3 * batch + n_sc)
+    else:
+        import dit
+        net = dit.dit_from_name(name, attn=attn_mode).to(dev)
+        cfg = soflow.preset("imagenet")
+        fwd = torch.compile(net, dynamic=False) if compiled else net
+        objective = T.LatentObjective(fwd, cfg)
+        mean = torch.randn(batch, 4, 32, 32, generator=g) * 5
+        std = torch.rand(batch, 4, 32, 32, generator=g) * 0.1
+        data = tuple(u.to(dev) for u in (mean, std, torch.randint(0, 1000, (batch,), generator=g)))
+        opt = dict(optimizer="adam", lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0)
+        ema = T.EMA(net, 0.9999, 1, "float32")
+        flops = T.dit_step_flops(net.config, cfg, batch, 1, 1)
+    return net, objective, data, dict(opt, grad_clip=0.0, seed=seed), ema, flops
+
+
+def bench_train():
+    """One optimizer step of the training scripts (train_imagenet.train_step: the whole
+    SoFlow loss of a micro-batch, backward, gradient norm, optimizer step, EMA update),
+    one process, synthetic data, per setting: 'fp32' (eager, TF32 on a GPU as the
+    scripts set it), 'bf16' (eager, autocast), 'bf16+compile' (autocast, torch.compile
+    of the network: the scripts' default on CUDA)."""
+    from types import SimpleNamespace
+    import train_imagenet as T
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    peak = _guess_peak_tflops()
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# train: one optimizer step (SoFlow loss, backward, optimizer, EMA), micro-batch {batch}, median of "
+          f"{iters} steps after {warmup} warm-up, {where}, torch {torch.__version__}")
+    print("| model | params | attention | setting | ms / step | images / s | first step (s) | TFLOP/s | MFU "
+          "| peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    dev = torch.device(device)
+    for name in _split(model):
+        for attn_mode in _split(attn):
+            for setting in _split(settings):
+                if setting not in ("fp32", "bf16", "bf16+compile"):
+                    raise SystemExit(f"unknown setting {setting!r}: use fp32, bf16 or bf16+compile")
+                net, objective, data, C, ema, flops = build_training(name, attn_mode, setting.endswith("compile"))
+                run = SimpleNamespace(rank=0, world=1, device=dev, accum=1, net=net)
+                opt, params = T.make_optimizer(C, net, dev)
+                autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=setting.startswith("bf16"))
+                count = [0]
+
+                def step():
+                    T.train_step(run, objective, opt, params, ema, [data], count[0], C, autocast, {})
+                    count[0] += 1
+
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                sec, first = time_step(step)
+                rate = flops / sec / 1e12
+                mfu = f"{100 * rate / peak:.1f}%" if peak else "-"
+                mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else "-"
+                params_m = sum(p.numel() for p in net.parameters()) / 1e6
+                print(f"| {name} | {params_m:.2f}M | {attn_mode} | {setting} | {1e3 * sec:.1f} | {batch / sec:.1f} "
+                      f"| {first:.1f} | {rate:.3f} | {mfu} | {mem} |", flush=True)
+                del net, objective, opt, ema
+                torch._dynamo.reset()
+
+# -----------------------------------------------------------------------------
+
+MODES = {"networks": bench_networks, "losses": bench_losses, "train": bench_train}
 
 
 def main(argv):

@@ -297,16 +297,30 @@ def scm_loss(net, cfg, x_t, t, l, s, y, v_target):
     return loss.mean(), q2 * (t - l).square(), w
 
 
-def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
+def fm_count(cfg, batch):
+    """How many samples of a batch go to the flow matching loss: lambda B, rounded half up."""
+    return math.floor(cfg.fm_ratio * batch + 0.5)
+
+
+def soflow_loss(net, cfg, x0, y=None, step=0, generator=None, net_kwargs=None):
     """The training objective L = lambda L_FM + (1 - lambda) L_SCM (Sec. 4.2, Algorithm 1).
 
-    The first round(lambda * B) samples of the batch go to the flow matching loss,
+    The first fm_count(cfg, B) samples of the batch go to the flow matching loss,
     the rest to the solution consistency loss. With labels and guidance on, the
-    targets use v_mix (Eq. 19) for samples that kept their label. Returns the
-    scalar to backpropagate and a dict of detached figures for logging.
+    targets use v_mix (Eq. 19) for samples that kept their label. net_kwargs holds
+    per-sample extra inputs of the network, {name: tensor (B, ...)} (the U-Net's
+    augmentation labels, say): each network call gets the rows of its samples.
+    Returns the scalar to backpropagate and a dict of detached figures for logging.
     """
     B = x0.shape[0]
-    n_fm = round(cfg.fm_ratio * B)
+    n_fm = fm_count(cfg, B)
+
+    def rows(index):       # the network, with the extra inputs of these samples bound
+        if not net_kwargs:
+            return net
+        kw = {k: v[index] for k, v in net_kwargs.items()}
+        return lambda x, t, s, y=None: net(x, t, s, y, **kw)
+
     conditional = cfg.num_classes is not None and y is not None
     if y is not None and not conditional:
         raise ValueError("labels were given but the config is unconditional (num_classes=None)")
@@ -328,11 +342,11 @@ def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
     if conditional and cfg.guidance:
         with torch.no_grad():
             null = torch.full_like(y, cfg.num_classes)
-            v_both = velocity(net, cfg, torch.cat([x_t, x_t[n_fm:]]), torch.cat([t, t_sc]),
-                              torch.cat([null, y[n_fm:]]))
+            both = torch.cat([torch.arange(B, device=dev), torch.arange(n_fm, B, device=dev)])
+            v_both = velocity(rows(both), cfg, x_t[both], torch.cat([t, t_sc]), torch.cat([null, y[n_fm:]]))
             v_uncond, v_guided_sc = v_both[:B], v_both[B:]
     if n_fm > 0:
-        v_fm = velocity(net, cfg, x_t[:n_fm], t_fm, None if y is None else y[:n_fm])
+        v_fm = velocity(rows(slice(0, n_fm)), cfg, x_t[:n_fm], t_fm, None if y is None else y[:n_fm])
     v_target = v_c
     if v_uncond is not None:
         v_guided = torch.cat([v_fm.detach(), v_guided_sc]) if n_fm > 0 else v_guided_sc
@@ -344,11 +358,11 @@ def soflow_loss(net, cfg, x0, y=None, step=0, generator=None):
     loss_fm = loss_sc = zero
     if n_fm > 0:
         y_fm = None if y is None else y[:n_fm]
-        loss_fm, mse, w = fm_loss(net, cfg, x_t[:n_fm], t_fm, y_fm, v_target[:n_fm], v_pred=v_fm)
+        loss_fm, mse, w = fm_loss(rows(slice(0, n_fm)), cfg, x_t[:n_fm], t_fm, y_fm, v_target[:n_fm], v_pred=v_fm)
         logs.update(fm_mse=mse.mean(), fm_weight=w.mean())
     if n_fm < B:
         y_sc = None if y is None else y[n_fm:]
-        loss_sc, mse, w = scm_loss(net, cfg, x_t[n_fm:], t_sc, l, s, y_sc, v_target[n_fm:])
+        loss_sc, mse, w = scm_loss(rows(slice(n_fm, B)), cfg, x_t[n_fm:], t_sc, l, s, y_sc, v_target[n_fm:])
         logs.update(scm_mse=mse.mean(), scm_weight=w.mean())
     loss = cfg.fm_ratio * loss_fm + (1 - cfg.fm_ratio) * loss_sc
     logs["loss"] = loss
@@ -364,29 +378,39 @@ def sample(net, cfg, x1, y=None):
     return solution(net, cfg, x1, ones, 0 * ones, y)
 
 
-def _times(steps, times, like):
+def time_grid(steps=1, times=None):
+    """The sampling times 1 = t0 > t1 > ... > tN = 0: `times` if given (checked), else
+    `steps` equal intervals."""
     if times is None:
-        if steps < 1:
-            raise ValueError(f"steps = {steps}: must be >= 1")
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps = {steps}: must be an integer >= 1")
         times = torch.linspace(1, 0, steps + 1).tolist()
     times = [float(u) for u in times]
     if len(times) < 2 or times[0] != 1.0 or times[-1] != 0.0 or any(a <= b for a, b in zip(times, times[1:])):
         raise ValueError(f"times {times}: must decrease strictly from 1 to 0")
-    return [torch.full((like.shape[0],), u, device=like.device) for u in times]
+    return times
+
+
+def _times(steps, times, like):
+    return [torch.full((like.shape[0],), u, device=like.device) for u in time_grid(steps, times)]
 
 
 @torch.no_grad()
-def sample_renoise(net, cfg, x1, y=None, steps=2, times=None, generator=None):
+def sample_renoise(net, cfg, x1, y=None, steps=2, times=None, generator=None, noise=None):
     """Multi-step sampling as released: at each time t_i jump to data with
-    f(x, t_i, 0), then re-noise to t_{i+1} with fresh noise; the last jump is the output."""
+    f(x, t_i, 0), then re-noise to t_{i+1} with fresh noise; the last jump is the output.
+    The fresh noise is drawn from `generator`, or given: noise[i] for the step to t_{i+1}
+    (so that a caller can make it depend on each sample alone, not on the batch)."""
     ts = _times(steps, times, x1)
+    if noise is not None and len(noise) < len(ts) - 2:
+        raise ValueError(f"{len(ts) - 2} re-noising steps need as many noise tensors, got {len(noise)}")
     x = x1
     for i, t in enumerate(ts[:-1]):
         x0 = solution(net, cfg, x, t, torch.zeros_like(t), y)
         if i < len(ts) - 2:
-            alpha, beta, _, _ = schedule(cfg.schedule, ts[i + 1])
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x = _bc(alpha, x) * x0 + _bc(beta, x) * noise
+            eps = noise[i] if noise is not None else torch.randn(x.shape, device=x.device, dtype=x.dtype,
+                                                                 generator=generator)
+            x, _ = interpolate(cfg, x0, eps.to(x0.dtype), ts[i + 1])     # alpha x0 + beta eps
     return x0
 
 

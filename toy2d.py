@@ -107,6 +107,7 @@ def sample_data(name, n, rng, mixture=None):
     elif name == "spiral":
         r = np.sqrt(rng.uniform(0, 1, n)) * 3 * np.pi
         x = np.stack([r * np.cos(r), r * np.sin(r)], 1) / (1.5 * np.pi) + 0.05 * rng.standard_normal((n, 2))
+        x = x - [-0.09, 0.405]                              # the spiral's mean
     else:
         raise ValueError(f"unknown dataset {name!r}")
     return x.astype(np.float32)
@@ -239,10 +240,10 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, losses):
     a.set_title("solution trajectories"); a.set_xlim(-lim, lim); a.set_ylim(-lim, lim); a.set_aspect("equal")
     a.legend(loc="lower left", fontsize=7)
 
-    # The velocity head v_theta(x, t) = d/ds f(x, t, s) at s = t (Eq. 10), drawn at t = 0.5
+    # The velocity head v_theta(x, t) = d/ds f(x, t, s) at s = t (Eq. 10), drawn at t = 0.25
     # over samples of x_t: -v points the way sampling moves (from t = 1 to t = 0).
     a = ax[4]
-    t_mid = 0.5
+    t_mid = 0.25
     alpha, beta, _, _ = (float(c) for c in soflow.schedule(cfg.schedule, torch.tensor(t_mid)))
     xt = alpha * data[:3000] + beta * np.random.default_rng(0).standard_normal((min(3000, len(data)), 2))
     g = np.linspace(-lim, lim, 21)
@@ -253,7 +254,7 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, losses):
     a.scatter(xt[:, 0], xt[:, 1], s=1, alpha=0.2, color="tab:gray", label=f"x_t, t = {t_mid}")
     a.quiver(gx, gy, -v[:, 0].reshape(gx.shape), -v[:, 1].reshape(gx.shape), np.hypot(v[:, 0], v[:, 1]),
              cmap="viridis", angles="xy")
-    a.set_title(f"velocity head: -v_theta(x, {t_mid}), the direction of sampling"); a.set_aspect("equal")
+    a.set_title(f"velocity head -v_theta(x, t={t_mid}) (sampling direction)"); a.set_aspect("equal")
     a.set_xlim(-lim, lim); a.set_ylim(-lim, lim); a.legend(loc="lower left", fontsize=7)
 
     a = ax[5]
@@ -263,7 +264,7 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, losses):
         if np.isfinite(vals).any():
             k = max(1, len(vals) // 100)    # smooth over ~1% of training
             smooth = np.convolve(vals, np.ones(k) / k, mode="valid")
-            a.plot(steps[k - 1:], smooth, color=color, label=key)
+            a.plot(steps[k - 1:], smooth, color=color, label=key + (" (shrinks with t - l)" if key == "scm_mse" else ""))
     a.set_yscale("log"); a.set_xlabel("step"); a.set_title("training"); a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -304,7 +304,7 @@ def reference_loss(net, cfg, x0, y, step, generator):
     from its own network call. It draws random numbers in soflow_loss's order:
     noise, flow matching times, consistency t then s, label dropout."""
     B = x0.shape[0]
-    n = round(cfg.fm_ratio * B)
+    n = int(cfg.fm_ratio * B + 0.5)
     x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     sig = lambda mu, sd, k: torch.sigmoid(mu + sd * torch.randn(k, generator=generator))
     t_fm = sig(cfg.mu_fm, cfg.sigma_fm, n)
@@ -432,3 +432,31 @@ def test_sampler_times_are_validated():
             soflow.sample_chain(net, cfg, x1, times=bad)
     with pytest.raises(ValueError, match="steps"):
         soflow.sample_renoise(net, cfg, x1, steps=0)
+
+
+def test_fm_count_rounds_half_up():
+    for lam, B, n in [(0.25, 2, 1), (0.75, 32, 24), (0.25, 1024, 256), (0.0, 7, 0), (1.0, 7, 7), (0.5, 3, 2)]:
+        assert soflow.fm_count(cfg_for(fm_ratio=lam), B) == n
+
+
+@pytest.mark.parametrize("guided", [True, False])
+def test_net_kwargs_reach_every_call_with_the_rows_of_its_samples(guided):
+    """Per-sample extra inputs (the U-Net's augmentation labels) go with their samples:
+    each call sees exactly the rows of the samples it evaluates."""
+    seen = []
+
+    class Recorder(SmoothNet):
+        def forward(self, x, t, s, y=None, tag=None):
+            seen.append((x.shape[0], tag.clone()))
+            return super().forward(x, t, s, y) + tag[:, None]
+
+    net = Recorder()
+    cfg = cfg_for(fm_ratio=0.25, cfg_w=3.0 if guided else 1.0, cfg_m=0.25 if guided else 1.0)
+    B = 8
+    tag = torch.arange(B, dtype=torch.float32) * 10
+    soflow.soflow_loss(net, cfg, torch.randn(B, 2), torch.randint(0, 3, (B,)), net_kwargs={"tag": tag})
+    n = soflow.fm_count(cfg, B)
+    expected = ([torch.cat([tag, tag[n:]])] if guided else []) + [tag[:n], tag[n:], tag[n:]]
+    assert len(seen) == len(expected)
+    for (rows, got), want in zip(seen, expected):
+        assert rows == len(want) and torch.equal(got, want)

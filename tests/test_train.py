@@ -1,0 +1,570 @@
+"""Tests of train_imagenet.py and train_cifar.py on the CPU, on data made here (a tiny
+image folder encoded by a tiny random AutoencoderKL; fake CIFAR-10 pickles in
+torchvision's on-disk format) with tiny networks: runs and outputs, the checkpoint
+format, bit-identical resumption, a two-process torchrun (gloo) run against a
+one-process run with gradient accumulation, atomic checkpoints under a killed write,
+non-finite losses, every bad input's message, the EDM-style augmentation against the
+geometry it describes, the data order, the EMA, and the FLOP count of a step against
+torch's FLOP counter."""
+
+import math
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dit
+import soflow
+import train_cifar
+import train_imagenet as T
+import unet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIT = ["--model=T/2", "--depth=1", "--hidden_size=32", "--num_heads=2", "--progress=False", "--sample_every=0"]
+UNET = ["--model_channels=16", "--channel_mult=(1,2)", "--num_blocks=1", "--noise_channels=16", "--emb_mult=1",
+        "--progress=False", "--sample_every=0", "--augment_p=0.5", "--ema_every=2"]
+
+# ----------------------------------------------------------------------------- data
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory):
+    """10 images of 2 classes, 16x16, encoded to 4x8x8 latents by a tiny random VAE."""
+    import prepare_imagenet
+    from diffusers import AutoencoderKL
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        os.makedirs(root / "train" / c)
+        for i in range(5):
+            w, h = rng.integers(16, 40, 2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "train" / c / f"{i}.png")
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                  norm_num_groups=4, sample_size=16).save_pretrained(root / "vae")
+    prepare_imagenet.main([f"--data_dir={root / 'train'}", f"--out_dir={root / 'lat'}", f"--vae={root / 'vae'}",
+                           "--image_size=16", "--num_workers=0", "--progress=False"])
+    return root / "lat"
+
+
+def write_cifar(root, per_batch=4, bad=False):
+    """CIFAR-10 as torchvision stores it: cifar-10-batches-py/data_batch_1..5, test_batch,
+    batches.meta (pickled dicts, images as uint8 rows of 3072 = 3 x 32 x 32)."""
+    rng = np.random.default_rng(1)
+    base = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(base, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3000 if bad and name == "data_batch_2" else 3072), dtype=np.uint8)
+        with open(os.path.join(base, name), "wb") as f:
+            pickle.dump({"batch_label": name, "labels": rng.integers(0, 10, per_batch).tolist(), "data": data,
+                         "filenames": [f"{i}.png" for i in range(per_batch)]}, f)
+    with open(os.path.join(base, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                     "ship", "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    return root
+
+
+@pytest.fixture
+def cifar(tmp_path, monkeypatch):
+    """Fake CIFAR-10 (20 training images). torchvision checks the real files' MD5 sums;
+    here it accepts any file that exists."""
+    import torchvision.datasets.cifar as tvc
+    monkeypatch.setattr(tvc, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    return write_cifar(str(tmp_path / "cifar"))
+
+
+def run_imagenet(lat, out, *extra):
+    return T.main([f"--data={lat}", f"--out_dir={out}", *DIT, "--batch_size=4", *extra])
+
+
+def run_cifar(root, out, *extra):
+    return train_cifar.main([f"--data_dir={root}", f"--out_dir={out}", *UNET, "--batch_size=4", "--download=False",
+                             *extra])
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a, b):
+    """Bit-identical model, EMA, optimizer state and step."""
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), ("optimizer", i, k)
+
+# ----------------------------------------------------------------------------- runs and outputs
+
+
+def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
+    out = tmp_path / "run"
+    assert run_imagenet(latents, out, "--steps=4", "--log_every=2", "--ckpt_every=2", "--sample_every=4",
+                        "--num_samples=4", "--keep_every=2") == 4
+    files = sorted(os.listdir(out))
+    assert files == ["ckpt.pt", "ckpt_0000002.pt", "ckpt_0000004.pt", "log.csv", "loss.png", "samples_0000004.png"]
+    assert Image.open(out / "samples_0000004.png").size[0] > 16 and Image.open(out / "loss.png").size[0] > 100
+
+    ck = load(out / "ckpt.pt")
+    assert {"model", "ema", "optimizer", "step", "config", "data", "rng"} <= set(ck) and ck["step"] == 4
+    cfg = ck["config"]
+    assert cfg["script"] == "train_imagenet" and set(cfg) == {"script", "net", "soflow", "data", "train"}
+    assert cfg["data"]["kind"] == "latents" and cfg["data"]["latent_scale"] == 0.18215
+    assert cfg["data"]["num_classes"] == 2 and cfg["data"]["image_size"] == 16
+    # the network and the method rebuild from the config alone
+    net_cfg = dict(cfg["net"])
+    assert net_cfg.pop("kind") == "dit"
+    net = dit.DiT(**net_cfg)
+    net.load_state_dict(ck["model"], strict=True)
+    net.load_state_dict(ck["ema"], strict=True)
+    sf = soflow.SoFlowConfig(**cfg["soflow"])
+    assert sf.total_steps == 4 and sf.num_classes == 2 and sf.cfg_w == 3.0       # K = steps; labels from the data
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
+    # the frozen position embedding is not optimized
+    n_trainable = sum(1 for p in net.parameters() if p.requires_grad)
+    assert len(ck["optimizer"]["param_groups"][0]["params"]) == n_trainable < len(list(net.parameters()))
+    assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+    assert torch.equal(ck["model"]["pos_embed"], ck["ema"]["pos_embed"])
+    # the EMA lags: it moved from the initial weights, but less than the model
+    assert ck["ema"]["final_layer.linear.weight"].abs().sum() < ck["model"]["final_layer.linear.weight"].abs().sum()
+
+    import csv
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    for r in rows:
+        for k in ("loss", "fm_mse", "fm_weight", "scm_mse", "scm_weight", "grad_norm", "img_per_s"):
+            assert math.isfinite(float(r[k])), k
+    assert float(rows[1]["r"]) == pytest.approx(soflow.r_schedule(sf, 4))
+    # the keep_every copies are checkpoints of their step
+    assert load(out / "ckpt_0000002.pt")["step"] == 2
+
+
+def test_cifar_run_writes_checkpoint_with_float64_ema(cifar, tmp_path):
+    out = tmp_path / "run"
+    assert run_cifar(cifar, out, "--steps=4", "--micro_batch=2", "--log_every=2", "--sample_every=4",
+                     "--num_samples=4") == 4
+    assert {"ckpt.pt", "log.csv", "loss.png", "samples_0000004.png"} <= set(os.listdir(out))
+    ck = load(out / "ckpt.pt")
+    cfg = ck["config"]
+    assert cfg["script"] == "train_cifar" and cfg["data"]["kind"] == "cifar10" and cfg["data"]["num_classes"] is None
+    net_cfg = dict(cfg["net"])
+    assert net_cfg.pop("kind") == "unet"
+    net = unet.UNet(**net_cfg)
+    net.load_state_dict(ck["model"], strict=True)
+    net.load_state_dict(ck["ema"], strict=True)
+    assert all(v.dtype == torch.float64 for v in ck["ema"].values())
+    assert soflow.SoFlowConfig(**cfg["soflow"]) == soflow.preset("cifar10", total_steps=4)
+    assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert cfg["train"]["optimizer"] == "radam"
+
+
+def test_cifar_objective_feeds_each_image_its_augmentation_label(monkeypatch):
+    """Both halves of the batch (flow matching, consistency) reach the network with the
+    labels of their own images, in every call soflow_loss makes."""
+    torch.manual_seed(0)
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, s, y=None, augment_labels=None):
+            calls.append((x.shape[0], augment_labels))
+            return x * self.w
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    seen = {}
+    real_augment = train_cifar.augment
+
+    def spy(x, p, xflip):
+        out, lab = real_augment(x, p, xflip)
+        seen["labels"] = lab
+        return out, lab
+
+    monkeypatch.setattr(train_cifar, "augment", spy)
+    cfg = soflow.preset("cifar10", total_steps=10)             # lambda = 0.25: 2 + 6 images
+    obj = train_cifar.PixelObjective(Probe(), cfg, 1.0, 0.5, True)
+    loss, logs = obj(0, images)
+    lab = seen["labels"]
+    assert [n for n, _ in calls] == [2, 6, 6]                  # FM forward, SCM forward, SCM target
+    assert torch.equal(calls[0][1], lab[:2]) and torch.equal(calls[1][1], lab[2:]) and torch.equal(calls[2][1], lab[2:])
+    assert {"loss", "fm_mse", "fm_weight", "scm_mse", "scm_weight"} == set(logs)
+
+# ----------------------------------------------------------------------------- resumption
+
+
+def test_imagenet_resume_is_bit_identical(latents, tmp_path):
+    args = ["--steps=6", "--micro_batch=2", "--ckpt_every=2", "--log_every=3"]      # 2 micro-steps per step
+    run_imagenet(latents, tmp_path / "full", *args)
+    run_imagenet(latents, tmp_path / "cut", *args, "--stop_at=3")                  # interrupted at step 3 ...
+    assert load(tmp_path / "cut" / "ckpt.pt")["step"] == 3
+    run_imagenet(latents, tmp_path / "cut", *args, "--log_every=1")                # ... resumed (log_every may change)
+    assert_same_state(load(tmp_path / "full" / "ckpt.pt"), load(tmp_path / "cut" / "ckpt.pt"))
+    import csv
+    assert [r["step"] for r in csv.DictReader(open(tmp_path / "cut" / "log.csv"))] == ["3", "4", "5", "6"]
+
+
+def test_cifar_resume_is_bit_identical(cifar, tmp_path):
+    """Dropout, augmentation, the float64 EMA every 2 steps and RAdam's state all resume exactly."""
+    args = ["--steps=5", "--micro_batch=2", "--ckpt_every=0"]
+    run_cifar(cifar, tmp_path / "full", *args)
+    run_cifar(cifar, tmp_path / "cut", *args, "--stop_at=3")
+    run_cifar(cifar, tmp_path / "cut", *args)
+    a, b = load(tmp_path / "full" / "ckpt.pt"), load(tmp_path / "cut" / "ckpt.pt")
+    assert_same_state(a, b)
+    k = "dec.32x32_aux_conv.weight"          # (RAdam's first steps are plain momentum steps: tiny moves)
+    assert not torch.equal(a["ema"][k], a["model"][k].double())
+
+
+def test_resume_with_another_config_names_the_differences(latents, tmp_path):
+    run_imagenet(latents, tmp_path, "--steps=2")
+    with pytest.raises(SystemExit, match=r"(?s)another configuration.*net\.depth: checkpoint 1, now 2.*"
+                                         r"soflow\.cfg_w: checkpoint 3\.0, now 2\.0.*train\.lr: checkpoint 0\.0001, now 0\.0002"):
+        run_imagenet(latents, tmp_path, "--steps=2", "--lr=2e-4", "--depth=2", "--cfg_w=2.0")
+    with pytest.raises(SystemExit, match=r"soflow\.total_steps: checkpoint 2, now 3"):   # K changes the method
+        run_imagenet(latents, tmp_path, "--steps=3")
+    # what may change: intervals, micro-batch, attention kernel, where the data are
+    assert run_imagenet(latents, tmp_path, "--steps=2", "--log_every=7", "--micro_batch=1", "--attn=math") == 2
+
+# ----------------------------------------------------------------------------- processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process_with_accumulation(latents, tmp_path):
+    """2 processes x 1 micro-batch of 2 (gloo) and 1 process x 2 accumulation micro-steps
+    draw the same data and noise: the same weights up to the rounding of the gradient
+    average. Both ranks report the same parameter checksum."""
+    args = [f"--data={latents}", *DIT, "--batch_size=4", "--micro_batch=2", "--steps=3", "--log_every=3"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", os.path.join(ROOT, "train_imagenet.py"),
+           *args, f"--out_dir={tmp_path / 'ddp'}"]
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    sums = dict(re.findall(r"\[rank (\d)\] parameter checksum (\S+)\n", res.stdout))
+    assert len(sums) == 2 and sums["0"] == sums["1"], res.stdout + "\n----\n" + res.stderr
+    assert "batch 4 = 2 x 1 accumulation x 2 processes" in res.stdout
+
+    T.main(args + [f"--out_dir={tmp_path / 'one'}"])
+    a, b = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "one" / "ckpt.pt")
+    assert a["config"]["train"]["micro_batch"] == b["config"]["train"]["micro_batch"] == 2
+    assert len(a["rng"]["torch"]) == 2 and len(b["rng"]["torch"]) == 1
+    moved = 0
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=2e-6, rtol=0)
+        moved += int(not torch.equal(a["model"][k], load(tmp_path / "one" / "ckpt.pt")["ema"][k]))
+    assert moved > 0
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_killed_checkpoint_write_leaves_the_previous_checkpoint(latents, tmp_path, monkeypatch):
+    run_imagenet(latents, tmp_path, "--steps=4", "--stop_at=2")
+    before = load(tmp_path / "ckpt.pt")
+    real_save = torch.save
+
+    def dies_midway(obj, f, *a, **k):      # writes part of the file, then the process "dies"
+        f.write(b"PK\x03\x04 half a checkpoint")
+        f.flush()
+        raise KeyboardInterrupt("killed during the save")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_imagenet(latents, tmp_path, "--steps=4")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert_same_state(before, load(tmp_path / "ckpt.pt"))                      # the previous one, whole
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "log.csv"]
+    # a temporary file left by a SIGKILL is ignored and cleaned up; the run resumes
+    (tmp_path / "ckpt.pt.x1y2.tmp").write_bytes(b"garbage")
+    assert run_imagenet(latents, tmp_path, "--steps=4") == 4
+    assert not (tmp_path / "ckpt.pt.x1y2.tmp").exists() and load(tmp_path / "ckpt.pt")["step"] == 4
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_path, monkeypatch):
+    real = soflow.soflow_loss
+
+    def breaks_at_step_3(net, cfg, x0, y=None, step=0, generator=None):
+        loss, logs = real(net, cfg, x0, y, step, generator)
+        return (loss * float("nan") if step >= 2 else loss), logs     # step index 2 = the 3rd step
+
+    monkeypatch.setattr(soflow, "soflow_loss", breaks_at_step_3)
+    with pytest.raises(SystemExit, match=r"non-finite loss or gradient at step 3.*holds the last good state"):
+        run_imagenet(latents, tmp_path, "--steps=8", "--ckpt_every=2", "--log_every=100")
+    ck = load(tmp_path / "ckpt.pt")
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--lr=0", r"--lr=0\.0: must be a finite number > 0"),
+    ("--batch_size=0", r"--batch_size=0: must be an integer >= 1"),
+    ("--ema_decay=1.0", r"--ema_decay=1\.0: must be in \[0, 1\)"),
+    ("--beta2=1.5", r"--beta2=1\.5: must be in \[0, 1\)"),
+    ("--steps=-3", r"--steps=-3: must be an integer >= 1"),
+    ("--optimizer=sgd", r"--optimizer='sgd': must be one of"),
+    ("--precision=fp16", r"--precision='fp16'"),
+    ("--cfg_w=0.5", r"SoFlowConfig\.cfg_w = 0\.5: must be >= 1"),
+    ("--method=nope", r"--method='nope': must be one of"),
+    ("--total_steps=5", r"--total_steps cannot be set: it comes from --steps"),
+    ("--micro_batch=3", r"--batch_size=4 is not divisible by micro_batch x world size = 3 x 1 = 3"),
+    ("--lr=fast", r"--lr: expected a float"),
+    ("--bogus=1", r"unknown setting 'bogus'"),
+    ("--model=Z/9", r"--model='Z/9': choose from"),
+])
+def test_bad_config_values_fail_before_touching_the_data(tmp_path, arg, message):
+    # the data folder does not exist: the configuration is checked first
+    with pytest.raises(SystemExit, match=message):
+        T.main([f"--data={tmp_path / 'none'}", f"--out_dir={tmp_path}", *DIT, "--batch_size=4", arg])
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--augment_p=1.5", r"--augment_p=1\.5: must be in \[0, 1\]"),
+    ("--augment_dim=0", r"--augment_p > 0 needs the augmentation label"),
+    ("--method=imagenet", r"class-conditional"),
+    ("--dropout=2.0", r"--dropout=2.0: must be in \[0, 1\)"),
+])
+def test_bad_cifar_config_values(tmp_path, arg, message):
+    with pytest.raises(SystemExit, match=message):
+        train_cifar.main([f"--data_dir={tmp_path}", f"--out_dir={tmp_path}", *UNET, "--batch_size=4",
+                          "--download=False", arg])
+
+
+def test_batch_divisibility_across_processes(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit, match=r"--batch_size=4 is not divisible by micro_batch x world size.*3 processes"):
+        T.main([f"--data={tmp_path}", *DIT, "--batch_size=4"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=r"micro_batch x world size = 4 x 2 = 8.*divides 2"):
+        T.main([f"--data={tmp_path}", *DIT, "--batch_size=4", "--micro_batch=4"])
+
+
+def test_missing_and_malformed_latents(latents, tmp_path):
+    with pytest.raises(SystemExit, match=r"(?s)no ImageNet latents in .*prepare_imagenet\.py --data_dir="):
+        run_imagenet(tmp_path / "nothing", tmp_path / "o")
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(latents, bad)
+    np.save(bad / "std.npy", np.zeros((10, 4, 8, 7), np.float32))
+    with pytest.raises(SystemExit, match=r"(?s)malformed ImageNet latents.*std\.npy is float32 \(10, 4, 8, 7\), "
+                                         r"expected float32 \(10, 4, 8, 8\).*prepare_imagenet\.py"):
+        run_imagenet(bad, tmp_path / "o")
+    shutil.copy(latents / "std.npy", bad / "std.npy")
+    meta = (bad / "meta.json").read_text().replace('"complete": true', '"complete": false')
+    (bad / "meta.json").write_text(meta)
+    with pytest.raises(SystemExit, match=r"not finished.*run the same command again"):
+        run_imagenet(bad, tmp_path / "o")
+    with pytest.raises(SystemExit, match=r"holds 10 latents, fewer than one batch of 16"):
+        T.main([f"--data={latents}", f"--out_dir={tmp_path / 'o'}", *DIT, "--batch_size=16"])
+
+
+def test_missing_and_malformed_cifar(tmp_path, monkeypatch):
+    import torchvision
+    import torchvision.datasets.cifar as tvc
+    monkeypatch.setattr(tvc, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    with pytest.raises(SystemExit, match=r"(?s)CIFAR-10 is not in .*--download=False.*torchvision\.datasets\.CIFAR10\("):
+        run_cifar(str(tmp_path / "none"), tmp_path / "o")
+
+    def offline(self):
+        raise OSError("no network")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(SystemExit, match=r"(?s)could not be downloaded \(OSError: no network\).*cifar-10-python\.tar\.gz"):
+        train_cifar.main([f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'o'}", *UNET, "--batch_size=4"])
+    write_cifar(str(tmp_path / "bad"), bad=True)
+    with pytest.raises(SystemExit, match=r"malformed CIFAR-10 in .*cifar-10-batches-py"):
+        run_cifar(str(tmp_path / "bad"), tmp_path / "o")
+    write_cifar(str(tmp_path / "small"))
+    with pytest.raises(SystemExit, match=r"holds 20 images, fewer than one batch of 32"):
+        train_cifar.main([f"--data_dir={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", *UNET,
+                          "--batch_size=32", "--download=False"])
+
+# ----------------------------------------------------------------------------- presets and settings
+
+
+def test_presets_list_and_apply(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--list_presets"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("B/4:", "B/2:", "M/2:", "L/2:", "XL/2:", "XL/2-released:"):
+        assert name in text
+    assert "--model=XL/2 --method=imagenet --steps=1200000 --batch_size=256" in text
+    assert "mu_s=-1.0" in text and "r_end=0.002" in text and "hidden_size=1152" in text
+    with pytest.raises(SystemExit):
+        train_cifar.main(["--list_presets"])
+    text = capsys.readouterr().out
+    assert "cifar10:" in text and "cifar10_released:" in text and "fm_ratio=0.0" in text and "p=0.75" in text
+
+    keys = T.constructor_keys(dit.DiT, ("input_size", "in_channels", "num_classes"))
+    C = T.configure(["--steps=10", "--preset=XL/2-released", "--depth=3", "--cfg_w=2"], T.DEFAULTS, T.PRESETS,
+                    keys, T.method_keys(), "", None)
+    assert (C["model"], C["method"], C["optimizer"], C["steps"]) == ("XL/2", "imagenet_released", "adamw", 10)
+    assert C["net_overrides"] == {"depth": 3} and C["method_overrides"] == {"cfg_w": 2}
+    assert T.method_config(C).cfg_w == 2.0 and T.method_config(C).total_steps == 10
+    C = T.configure(["--compile=False", "--lr=1"], T.DEFAULTS, T.PRESETS, keys, T.method_keys(), "", None)
+    assert C["compile"] is False and C["lr"] == 1.0 and isinstance(C["lr"], float)
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_data_order_is_a_permutation_per_epoch_and_independent_of_the_world_size():
+    n, batch = 23, 4                                     # 5 batches per epoch, 3 images skipped
+    for epoch in range(2):
+        seen = np.concatenate([T.step_indices(n, batch, 7, 5 * epoch + k) for k in range(5)])
+        assert len(set(seen.tolist())) == 20 and seen.min() >= 0 and seen.max() < n
+    assert not np.array_equal(T.step_indices(n, batch, 7, 0), T.step_indices(n, batch, 7, 5))
+    # every (world, micro) split covers the global batch exactly once, with the same
+    # micro-batch index for the same images
+    parts = {}
+    for world, micro in ((1, 4), (2, 2), (4, 1), (1, 1), (2, 1)):
+        got = {}
+        for rank in range(world):
+            for j, sl in T.micro_slices(batch, micro, rank, world):
+                got[j] = list(range(batch))[sl]
+        assert sorted(i for v in got.values() for i in v) == list(range(batch))
+        parts.setdefault(micro, got)
+        assert parts[micro] == got
+    assert T.micro_seed(1, 2, 3) != T.micro_seed(1, 3, 2) != T.micro_seed(2, 2, 3)
+
+
+def test_ema_decay_and_interval():
+    net = torch.nn.Linear(3, 2)
+    p0 = [p.detach().clone() for p in net.parameters()]
+    ema = T.EMA(net, 0.9, every=2, dtype="float64")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    for step in range(1, 5):                             # updates at steps 2 and 4, each with 0.9 ** 2
+        ema.update(net, step)
+    for e, a, p in zip(ema.net.parameters(), p0, net.parameters()):
+        assert e.dtype == torch.float64
+        expected = p.double() + (a.double() - p.double()) * 0.9 ** 4
+        torch.testing.assert_close(e, expected, rtol=0, atol=1e-12)
+
+
+def test_step_flops_match_torch_flop_counter():
+    """The analytic FLOPs of a step (MFU) against torch's counter around the real loss
+    and backward, on a small DiT with guidance and on a small U-Net."""
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    net = dit.dit_from_name("T/2", input_size=8, depth=2, hidden_size=64, num_heads=4, num_classes=10)
+    cfg = soflow.preset("imagenet", num_classes=10)
+    x0, y = torch.randn(8, 4, 8, 8), torch.randint(0, 10, (8,))
+    with FlopCounterMode(display=False) as fc:
+        loss, _ = soflow.soflow_loss(net, cfg, x0, y)
+        loss.backward()
+    expected = T.dit_step_flops(net.config, cfg, micro=8, accum=1, world=1)
+    assert fc.get_total_flops() == pytest.approx(expected, rel=0.03)
+    assert T.dit_step_flops(net.config, cfg, 8, 4, 2) == 8 * expected
+
+    ucfg = dict(img_resolution=32, in_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                attn_resolutions=[16], dropout=0.0, noise_channels=16, emb_mult=1, augment_dim=6,
+                resample_filter=[1, 3, 3, 1], attn="fused")
+    u = unet.UNet(**ucfg)
+    with FlopCounterMode(display=False) as fc:
+        u(torch.randn(3, 3, 32, 32), torch.rand(3), torch.zeros(3), augment_labels=torch.zeros(3, 6))
+    assert fc.get_total_flops() == 3 * train_cifar.unet_forward_flops(ucfg)
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def ramp(n=2, size=32):
+    """Images whose channels are the centered pixel coordinates: x (right), y (down)."""
+    c = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    img = torch.stack([c[None, :].expand(size, size), c[:, None].expand(size, size), torch.zeros(size, size)])
+    return img.expand(n, 3, size, size).clone()
+
+
+def warp1(x, flip=0.0, scale=1.0, aniso=1.0, angle=0.0, tx=0.0, ty=0.0):
+    n = x.shape[0]
+    f = lambda v: torch.full((n,), float(v))
+    return train_cifar.warp(x, f(flip), f(scale), f(aniso), f(angle), f(tx), f(ty))
+
+
+def test_augmentation_geometry():
+    x = ramp()
+    X, Y = x[0, 0], x[0, 1]
+    inner = lambda m, k: m[k:-k, k:-k]
+    assert torch.equal(warp1(x), x)                                          # identity: untouched
+    assert torch.equal(warp1(x, flip=1), x.flip(3))
+    # translation by (2, -3) pixels: the content moves right by 2 and up by 3
+    out = warp1(x, tx=2, ty=-3)
+    torch.testing.assert_close(out[0, :, 4:-4, 4:-4], x[0, :, 7:-1, 2:-6], atol=1e-4, rtol=0)
+    # zoom by 2 about the center: the pixel at p shows the point p / 2
+    out = warp1(x, scale=2.0)
+    torch.testing.assert_close(out[0, 0], X / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 1], Y / 2, atol=1e-4, rtol=0)
+    # anisotropic, angle 0: stretched by 2 horizontally, squeezed by 2 vertically
+    out = warp1(x, aniso=2.0)
+    torch.testing.assert_close(out[0, 0], X / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 1, 8:24], Y[8:24] * 2, atol=1e-4, rtol=0)
+    # angle pi / 2: the other way round
+    out = warp1(x, aniso=2.0, angle=math.pi / 2)
+    torch.testing.assert_close(out[0, 1], Y / 2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[0, 0, :, 8:24], X[:, 8:24] * 2, atol=1e-4, rtol=0)
+    # angle pi / 4 stretches along the diagonal (1, -1): the point p shows
+    # p - (1 - 1/a) (p.d) d - (1 - a) (p.e) e with d = (1, -1)/sqrt 2, e = (1, 1)/sqrt 2, a = 1.5
+    out = warp1(x, aniso=1.5, angle=math.pi / 4)
+    pd, pe = (X - Y) / 2, (X + Y) / 2            # (p.d) d and (p.e) e have these coordinates
+    qx = pd / 1.5 + pe * 1.5
+    qy = -pd / 1.5 + pe * 1.5
+    torch.testing.assert_close(inner(out[0, 0], 9), inner(qx, 9), atol=1e-4, rtol=0)
+    torch.testing.assert_close(inner(out[0, 1], 9), inner(qy, 9), atol=1e-4, rtol=0)
+    # composition: zoom by 2, then move right by 4
+    out = warp1(x, scale=2.0, tx=4.0)
+    torch.testing.assert_close(out[0, 0], (X - 4) / 2, atol=1e-4, rtol=0)
+
+
+def test_augmentation_labels_and_probabilities():
+    torch.manual_seed(0)
+    x = torch.rand(4000, 3, 8, 8) * 2 - 1
+    out, lab = train_cifar.augment(x, p=0.0, xflip=0.5)                      # flips only
+    assert lab.shape == (4000, 6) and (lab[:, 1:] == 0).all()
+    flipped = lab[:, 0] == 1
+    assert 0.45 < flipped.float().mean() < 0.55
+    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
+    out, lab = train_cifar.augment(x, p=0.12, xflip=0.0)
+    assert (lab[:, 0] == 0).all()
+    for cols in ([1], [2, 3], [4, 5]):                                       # each drawn with probability p
+        drawn = (lab[:, cols] != 0).any(1).float().mean().item()
+        assert abs(drawn - 0.12) < 0.025
+    assert ((lab[:, 4] != 0) == (lab[:, 5] != 0)).all()                     # both translation coordinates together
+    w = lab[:, 1][lab[:, 1] != 0]
+    assert abs(w.mean().item()) < 0.2 and abs(w.std().item() - 1) < 0.15    # w ~ N(0, 1)
+    untouched = (lab == 0).all(1)
+    assert torch.equal(out[untouched], x[untouched])
+    aniso = lab[:, 2:4][(lab[:, 2:4] != 0).any(1)]
+    assert 0.35 < (aniso[:, 1] == 0).float().mean() < 0.65                  # angle 0 in half of the cases
+
+
+def test_bench_train_mode_runs(capsys):
+    """bench.py --mode=train times the scripts' own train_step (a smoke test; the figures
+    are in BENCHMARKS.md)."""
+    import importlib
+    import bench
+    try:
+        bench.main(["--mode=train", "--model=T/4", "--batch=2", "--iters=1", "--warmup=1", "--attn=fused",
+                    "--settings=fp32", "--device=cpu"])
+    finally:
+        importlib.reload(bench)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| T/4")]
+    assert len(rows) == 1
+    ms, per_s = float(rows[0].split("|")[5]), float(rows[0].split("|")[6])
+    assert ms > 0 and per_s == pytest.approx(2 / (ms / 1e3), rel=0.05, abs=0.05)   # images / s = batch / time
