@@ -162,16 +162,21 @@ def build_network(name, attn_mode):
     return net.to(device), args
 
 
-def bench_networks():
-    import dit
+def _setup():
+    """Seed, CPU threads and TF32 as configured; returns (peak TFLOP/s, where it runs)."""
     torch.manual_seed(seed)
     if threads > 0:
         torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
-    peak = _guess_peak_tflops()
     where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    return _guess_peak_tflops(), where
+
+
+def bench_networks():
+    import dit
+    peak, where = _setup()
     print(f"# networks: forward+backward of F, batch {batch}, median of {iters} iterations after {warmup} warm-up, "
           f"{where}, torch {torch.__version__}")
     print("| model | params | attention | setting | ms / image | images / s | first call (s) "
@@ -408,14 +413,7 @@ def bench_train():
     of the network: the scripts' default on CUDA)."""
     from types import SimpleNamespace
     import train_imagenet as T
-    torch.manual_seed(seed)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    peak = _guess_peak_tflops()
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    peak, where = _setup()
     print(f"# train: one optimizer step (SoFlow loss, backward, optimizer, EMA), micro-batch {batch}, median of "
           f"{iters} steps after {warmup} warm-up, {where}, torch {torch.__version__}")
     print("| model | params | attention | setting | ms / step | images / s | first step (s) | TFLOP/s | MFU "
