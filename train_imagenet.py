@@ -39,6 +39,7 @@ imports it and adds only its data, augmentation and network.
 import ast
 import copy
 import csv
+import functools
 import inspect
 import json
 import math
@@ -346,17 +347,18 @@ class LatentData:
                 torch.from_numpy(self.labels[idx]))
 
 
-def step_indices(num_items, batch, seed, step, _cache={}):
+@functools.lru_cache(maxsize=2)
+def epoch_order(num_items, seed, epoch):
+    """The permutation of the dataset for `epoch`, seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_items)
+
+
+def step_indices(num_items, batch, seed, step):
     """The dataset indices of the global batch of `step`: epoch after epoch, a fresh
     permutation seeded by (seed, epoch), cut into batches (the incomplete last batch of
     an epoch is skipped). A function of its arguments only: resuming needs just `step`."""
-    per_epoch = num_items // batch
-    epoch, pos = divmod(step, per_epoch)
-    key = (num_items, seed, epoch)
-    if key not in _cache:
-        _cache.clear()
-        _cache[key] = np.random.default_rng([seed, epoch]).permutation(num_items)
-    return _cache[key][pos * batch:(pos + 1) * batch]
+    epoch, pos = divmod(step, num_items // batch)
+    return epoch_order(num_items, seed, epoch)[pos * batch:(pos + 1) * batch]
 
 
 def micro_slices(batch, micro, rank, world):
