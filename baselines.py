@@ -63,7 +63,7 @@ def _view(cfg, **kw):
     """The SoFlowConfig whose building blocks compute this method's quantities: always the
     Euler parameterization (see the module docstring), no guidance unless given."""
     base = dict(schedule=cfg.schedule, param="euler", num_classes=cfg.num_classes,
-                label_drop=cfg.label_drop, cfg_w=1.0, cfg_m=1.0)
+                label_drop=cfg.label_drop, guidance_scale=1.0, guidance_mix=1.0)
     return soflow.SoFlowConfig(**{**base, **kw})
 
 
@@ -187,13 +187,13 @@ class MeanFlowConfig:
             _check(self, self.omega == 1.0 and self.kappa == 0.0, "omega", "guidance needs labels: set num_classes")
 
     @property
-    def guidance(self):
+    def guided(self):
         return self.num_classes is not None and (self.omega != 1.0 or self.kappa != 0.0)
 
     def soflow(self):
         # [MF] Eq. 21 is SoFlow's v_mix (Eq. 19) with w = omega / (1 - kappa), m = 1 - kappa;
-        # cfg_t_max = 1 turns SoFlow's high-t decay off (MeanFlow uses an interval instead).
-        return _view(self, cfg_w=self.omega / (1 - self.kappa), cfg_m=1 - self.kappa, cfg_t_max=1.0)
+        # guidance_t_max = 1 turns SoFlow's high-t decay off (MeanFlow uses an interval instead).
+        return _view(self, guidance_scale=self.omega / (1 - self.kappa), guidance_mix=1 - self.kappa, guidance_t_max=1.0)
 
 
 # The class-conditional ImageNet setting used by bench.py: the paper's time sampler, share of
@@ -230,7 +230,7 @@ def meanflow_loss(net, cfg, x0, y=None, generator=None):
     t, r = (u.to(torch.promote_types(x0.dtype, torch.float32)) for u in meanflow_times(cfg, B, dev, generator))
     z, v = soflow.interpolate(view, x0, x1, t)
     y, keep = _labels(cfg, y, generator)
-    if y is not None and cfg.guidance:
+    if y is not None and cfg.guided:
         # the target's velocity mixes in the model's own velocities u(z_t, t, t | .), gradient-free
         with torch.no_grad():
             null = torch.full_like(y, cfg.num_classes)

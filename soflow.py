@@ -60,10 +60,10 @@ class SoFlowConfig:
     # classifier-free guidance at training time (Sec. 4.3); num_classes None = unconditional
     num_classes: int | None = 1000  # the null label is index num_classes
     label_drop: float = 0.1         # probability of replacing a label by the null label
-    cfg_w: float = 3.0              # guidance strength w (1 = no guidance)
-    cfg_m: float = 0.25             # velocity mix ratio m (Eq. 19; 1 = no mixing)
-    cfg_t_max: float = 0.8          # guidance decays to none above this t
-    cfg_decay_k: float = 0.025      # sharpness of that decay
+    guidance_scale: float = 3.0              # guidance strength w (1 = no guidance)
+    guidance_mix: float = 0.25             # velocity mix ratio m (Eq. 19; 1 = no mixing)
+    guidance_t_max: float = 0.8          # guidance decays to none above this t
+    guidance_decay_k: float = 0.025      # sharpness of that decay
 
     def __post_init__(self):
         def check(ok, name, what):
@@ -87,18 +87,18 @@ class SoFlowConfig:
         check(self.num_classes is None or (isinstance(self.num_classes, int) and self.num_classes >= 1),
               "num_classes", "must be None (unconditional) or an integer >= 1")
         check(0.0 <= self.label_drop < 1.0, "label_drop", "must be in [0, 1)")
-        check(self.cfg_w >= 1.0, "cfg_w", "must be >= 1 (1 means no guidance)")
-        check(0.0 < self.cfg_m <= 1.0, "cfg_m", "must be in (0, 1]")
-        check(0.0 < self.cfg_t_max <= 1.0, "cfg_t_max", "must be in (0, 1]")
-        check(self.cfg_decay_k > 0, "cfg_decay_k", "must be > 0")
+        check(self.guidance_scale >= 1.0, "guidance_scale", "must be >= 1 (1 means no guidance)")
+        check(0.0 < self.guidance_mix <= 1.0, "guidance_mix", "must be in (0, 1]")
+        check(0.0 < self.guidance_t_max <= 1.0, "guidance_t_max", "must be in (0, 1]")
+        check(self.guidance_decay_k > 0, "guidance_decay_k", "must be > 0")
         if self.num_classes is None:
-            check(self.cfg_w == 1.0 and self.cfg_m == 1.0, "cfg_w",
-                  "guidance (cfg_w != 1 or cfg_m != 1) needs labels: set num_classes")
+            check(self.guidance_scale == 1.0 and self.guidance_mix == 1.0, "guidance_scale",
+                  "guidance (guidance_scale != 1 or guidance_mix != 1) needs labels: set num_classes")
 
     @property
-    def guidance(self):
+    def guided(self):
         """Whether the training targets use the model's own velocities (Eq. 19)."""
-        return self.num_classes is not None and (self.cfg_w != 1.0 or self.cfg_m != 1.0)
+        return self.num_classes is not None and (self.guidance_scale != 1.0 or self.guidance_mix != 1.0)
 
     def to_dict(self):
         return asdict(self)
@@ -119,11 +119,11 @@ PRESETS = {
     "cifar10": SoFlowConfig(
         mu_fm=-0.4, sigma_fm=1.7, mu_t=-0.6, sigma_t=1.5, mu_s=-4.0, sigma_s=1.5,
         fm_ratio=0.25, p=0.5, eps=0.001, r_init=1 / 50, r_end=1 / 2500, total_steps=800_000,
-        num_classes=None, label_drop=0.0, cfg_w=1.0, cfg_m=1.0),
+        num_classes=None, label_drop=0.0, guidance_scale=1.0, guidance_mix=1.0),
     "cifar10_released": SoFlowConfig(
         mu_fm=-0.9, sigma_fm=1.6, mu_t=-0.9, sigma_t=1.6, mu_s=-4.0, sigma_s=1.6,
         fm_ratio=0.0, p=0.75, eps=0.001, r_init=1.0, r_end=0.0003125, total_steps=800_000,
-        num_classes=None, label_drop=0.0, cfg_w=1.0, cfg_m=1.0),
+        num_classes=None, label_drop=0.0, guidance_scale=1.0, guidance_mix=1.0),
 }
 
 
@@ -207,7 +207,7 @@ def logit_normal(n, mu, sigma, device=None, generator=None):
     return torch.sigmoid(mu + sigma * torch.randn(n, device=device, generator=generator))
 
 
-def r_schedule(cfg, step):
+def r_at(cfg, step):
     """r(k, K) of Eq. 16, decreasing from r_init at k = 0 to r_end at k = K (Appendix A)."""
     k = min(max(step, 0), cfg.total_steps) / cfg.total_steps
     r0, r1 = cfg.r_init, cfg.r_end
@@ -230,24 +230,24 @@ def scm_times(cfg, n, step, device=None, generator=None):
     gap = cfg.time_gap
     t = logit_normal(n, cfg.mu_t, cfg.sigma_t, device, generator).clamp(min=gap)
     s = torch.minimum(logit_normal(n, cfg.mu_s, cfg.sigma_s, device, generator), t - gap)
-    l = torch.minimum(t + (s - t) * r_schedule(cfg, step), t - gap)   # Eq. 16
+    l = torch.minimum(t + (s - t) * r_at(cfg, step), t - gap)   # Eq. 16
     return t, l, s
 
 # -----------------------------------------------------------------------------
 # Classifier-free guidance at training time (Sec. 4.3).
 
 def guidance_decay(cfg, t):
-    """Factor on (w - 1): exactly 1 for t <= cfg_t_max, falling smoothly to 0 at t = 1.
+    """Factor on (w - 1): exactly 1 for t <= guidance_t_max, falling smoothly to 0 at t = 1.
     With d = (1 - t) / (1 - t_max) clamped to [0, 1 - 1e-6]: 1 - exp(-k d / (1 - d))."""
-    d = ((1 - t) / (1 - cfg.cfg_t_max)).clamp(0.0, 1 - 1e-6) if cfg.cfg_t_max < 1 else torch.full_like(t, 1 - 1e-6)
-    return 1 - torch.exp(-cfg.cfg_decay_k * d / (1 - d))
+    d = ((1 - t) / (1 - cfg.guidance_t_max)).clamp(0.0, 1 - 1e-6) if cfg.guidance_t_max < 1 else torch.full_like(t, 1 - 1e-6)
+    return 1 - torch.exp(-cfg.guidance_decay_k * d / (1 - d))
 
 
 def mix_velocity(cfg, t, v_c, v_uncond, v_guided):
     """v_mix of Eq. 19 with the decayed strength w(t) = 1 + (w - 1) * decay(t):
     m (w v_c + (1 - w) v_uncond) + (1 - m) v_guided."""
-    w = _bc(1 + (cfg.cfg_w - 1) * guidance_decay(cfg, t), v_c)
-    m = cfg.cfg_m
+    w = _bc(1 + (cfg.guidance_scale - 1) * guidance_decay(cfg, t), v_c)
+    m = cfg.guidance_mix
     return m * (w * v_c + (1 - w) * v_uncond) + (1 - m) * v_guided
 
 
@@ -339,7 +339,7 @@ def soflow_loss(net, cfg, x0, y=None, step=0, generator=None, net_kwargs=None):
     # v_guided for the consistency part; for the flow matching part v_guided is the
     # detached prediction that the loss computes anyway (same input, same label).
     v_fm = v_uncond = v_guided_sc = None
-    if conditional and cfg.guidance:
+    if conditional and cfg.guided:
         with torch.no_grad():
             null = torch.full_like(y, cfg.num_classes)
             both = torch.cat([torch.arange(B, device=dev), torch.arange(n_fm, B, device=dev)])

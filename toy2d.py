@@ -413,7 +413,7 @@ def toy_defaults(steps):
     # Wider time distributions than ImageNet's (sigma 1.6 instead of 0.8-1.0): in a
     # few thousand steps the pairs (t near 1, s near 0) that one-step sampling needs
     # must be seen often. lambda = 0.25 and p = 0.5 as the paper's CIFAR-10 setting.
-    return soflow.SoFlowConfig(num_classes=None, label_drop=0.0, cfg_w=1.0, cfg_m=1.0,
+    return soflow.SoFlowConfig(num_classes=None, label_drop=0.0, guidance_scale=1.0, guidance_mix=1.0,
                                mu_fm=0.0, sigma_fm=1.6, mu_t=0.5, sigma_t=1.6, mu_s=-0.5, sigma_s=1.6,
                                fm_ratio=0.25, p=0.5, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
 
@@ -438,7 +438,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("SoFlow method (soflow.SoFlowConfig)")
     base = toy_defaults(4000)
     for f in dataclasses.fields(soflow.SoFlowConfig):
-        if f.name in ("total_steps", "num_classes", "label_drop", "cfg_w", "cfg_m", "cfg_t_max", "cfg_decay_k"):
+        if f.name in ("total_steps", "num_classes", "label_drop", "guidance_scale", "guidance_mix", "guidance_t_max", "guidance_decay_k"):
             continue    # K is --steps; the toy is unconditional
         kind = type(getattr(base, f.name))
         choices = {"schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES,
@@ -480,7 +480,7 @@ def train(args, cfg, mixture, rng, log_every=0):
         sched.step()
         losses.append({k: float(v) for k, v in logs.items()})
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}", r=f"{soflow.r_schedule(cfg, step):.4f}")
+            bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}", r=f"{soflow.r_at(cfg, step):.4f}")
     net.eval()
     return net, losses
 

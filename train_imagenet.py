@@ -15,7 +15,7 @@ Configuration is the plain values below. Each one is overridden by --name=value
 (parsed as a Python literal, else kept as a string). --preset=NAME applies a named
 setting first, wherever it stands on the command line; explicit values win over it.
 Besides these values, any argument of dit.DiT (--depth=2, --attn=math) and any field
-of soflow.SoFlowConfig (--cfg_w=2.0, --r_end=0.002) may be given: they override the
+of soflow.SoFlowConfig (--guidance_scale=2.0, --r_end=0.002) may be given: they override the
 model's and the method's values. The data fix input_size, in_channels and
 num_classes; `steps` is also K of the r(k, K) schedule (Eq. 16).
 
@@ -430,7 +430,7 @@ def dit_step_flops(net_config, cfg, micro, accum, world):
     consistency target on the consistency part, and with guidance one gradient-free
     pass on the whole micro-batch plus the consistency part."""
     n_sc = micro - soflow.fm_count(cfg, micro)
-    nograd = n_sc + ((micro + n_sc) if cfg.guidance else 0)
+    nograd = n_sc + ((micro + n_sc) if cfg.guided else 0)
     return 2 * dit.flops(net_config) * (3 * micro + nograd) * accum * world
 
 # =============================================================================
@@ -721,7 +721,7 @@ def train(C, run):
                 vals = dict(zip(keys + ["grad_norm"], vec.tolist()))
                 ips = C["batch_size"] * since_log / busy
                 row = dict(step=step, epoch=f"{step / steps_per_epoch:.4f}", **{k: f"{v:.6g}" for k, v in vals.items()},
-                           r=f"{soflow.r_schedule(run.cfg, step):.6g}", lr=C["lr"], img_per_s=f"{ips:.2f}",
+                           r=f"{soflow.r_at(run.cfg, step):.6g}", lr=C["lr"], img_per_s=f"{ips:.2f}",
                            time_s=f"{time.perf_counter() - t_start:.1f}")
                 if run.step_flops and peak:
                     row["mfu"] = f"{run.step_flops * since_log / busy / (world * peak):.4f}"

@@ -47,8 +47,8 @@ def cfg_for(schedule="linear", param="euler", **kw):
     ("schedule", "cosine"), ("param", "heun"), ("r_schedule", "step"), ("sigma_fm", 0.0),
     ("sigma_s", -1.0), ("fm_ratio", 1.5), ("fm_ratio", -0.1), ("p", -1.0), ("eps", 0.0),
     ("r_init", 0.0), ("r_init", 1.5), ("r_end", 0.0), ("total_steps", 0), ("total_steps", 2.5),
-    ("label_drop", 1.0), ("cfg_w", 0.5), ("cfg_m", 0.0), ("cfg_m", 1.5), ("cfg_t_max", 0.0),
-    ("num_classes", 0), ("mu_t", float("nan")), ("time_gap", 0.0), ("cfg_decay_k", 0.0),
+    ("label_drop", 1.0), ("guidance_scale", 0.5), ("guidance_mix", 0.0), ("guidance_mix", 1.5), ("guidance_t_max", 0.0),
+    ("num_classes", 0), ("mu_t", float("nan")), ("time_gap", 0.0), ("guidance_decay_k", 0.0),
 ])
 def test_config_rejects_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -69,13 +69,13 @@ def test_config_rejects_increasing_r_and_guidance_without_labels():
 def test_presets_match_the_spec():
     p = soflow.PRESETS["imagenet"]
     assert (p.mu_fm, p.sigma_fm, p.mu_t, p.sigma_t, p.mu_s, p.sigma_s) == (-0.2, 1.0, 0.2, 0.8, -0.2, 0.8)
-    assert (p.fm_ratio, p.p, p.r_init, p.r_end, p.cfg_w, p.cfg_m, p.label_drop) == (0.75, 1.0, 0.1, 1 / 320, 3.0, 0.25, 0.1)
+    assert (p.fm_ratio, p.p, p.r_init, p.r_end, p.guidance_scale, p.guidance_mix, p.label_drop) == (0.75, 1.0, 0.1, 1 / 320, 3.0, 0.25, 0.1)
     assert (p.schedule, p.param, p.r_schedule, p.num_classes) == ("linear", "euler", "exponential", 1000)
     r = soflow.PRESETS["imagenet_released"]
     assert (r.mu_fm, r.mu_s, r.mu_t, r.eps, r.r_init, r.r_end) == (-0.2, -1.0, 0.2, 0.01, 0.1, 0.002)
     c = soflow.PRESETS["cifar10"]
     assert (c.mu_fm, c.sigma_fm, c.mu_t, c.sigma_t, c.mu_s, c.sigma_s) == (-0.4, 1.7, -0.6, 1.5, -4.0, 1.5)
-    assert (c.fm_ratio, c.p, c.r_init, c.r_end, c.total_steps, c.num_classes, c.guidance) == (0.25, 0.5, 1 / 50, 1 / 2500, 800_000, None, False)
+    assert (c.fm_ratio, c.p, c.r_init, c.r_end, c.total_steps, c.num_classes, c.guided) == (0.25, 0.5, 1 / 50, 1 / 2500, 800_000, None, False)
     c = soflow.PRESETS["cifar10_released"]
     assert (c.fm_ratio, c.p, c.eps, c.mu_fm, c.mu_s, c.mu_t, c.sigma_fm, c.r_init, c.r_end) == (0.0, 0.75, 0.001, -0.9, -4.0, -0.9, 1.6, 1.0, 0.0003125)
 
@@ -140,12 +140,12 @@ def test_parameterization_coefficients_against_autograd(param):
 @pytest.mark.parametrize("kind", soflow.R_SCHEDULES)
 def test_r_schedules_hit_their_ends_and_decrease(kind):
     cfg = cfg_for(r_schedule=kind, r_init=0.1, r_end=1 / 320, total_steps=1000)
-    rs = [soflow.r_schedule(cfg, k) for k in range(0, 1001, 10)]
+    rs = [soflow.r_at(cfg, k) for k in range(0, 1001, 10)]
     assert all(a >= b - 1e-15 for a, b in zip(rs, rs[1:]))
     assert rs[-1] == pytest.approx(1 / 320, rel=1e-12)
     assert rs[0] == pytest.approx(1 / 320 if kind == "constant" else 0.1, rel=1e-12)
-    assert soflow.r_schedule(cfg, 5000) == pytest.approx(1 / 320)        # clamped past K
-    mid = soflow.r_schedule(cfg, 500)
+    assert soflow.r_at(cfg, 5000) == pytest.approx(1 / 320)        # clamped past K
+    mid = soflow.r_at(cfg, 500)
     expected = {"exponential": 0.1 * (1 / 32) ** 0.5, "cosine": 1 / 320 + (0.1 - 1 / 320) / 2,
                 "linear": (0.1 + 1 / 320) / 2, "constant": 1 / 320}[kind]
     assert mid == pytest.approx(expected, rel=1e-12)
@@ -191,7 +191,7 @@ def test_guidance_decay_shape():
 
 
 def test_mix_velocity_is_eq19():
-    cfg = cfg_for(cfg_w=2.5, cfg_m=0.3)
+    cfg = cfg_for(guidance_scale=2.5, guidance_mix=0.3)
     t = torch.tensor([0.1, 0.5, 0.8, 0.95])
     v_c, v_u, v_g = torch.randn(3, 4, 5)
     out = soflow.mix_velocity(cfg, t, v_c, v_u, v_g)
@@ -275,7 +275,7 @@ def test_both_consistency_forwards_see_the_same_dropout_mask():
     net = SmoothNet(dropout=0.5)
     masks = []
     net.drop.register_forward_hook(lambda m, inp, out: masks.append((out == 0) & (inp[0] != 0)))
-    cfg = cfg_for(fm_ratio=0.0, cfg_w=1.0, cfg_m=1.0)
+    cfg = cfg_for(fm_ratio=0.0, guidance_scale=1.0, guidance_mix=1.0)
     soflow.soflow_loss(net, cfg, torch.randn(32, 2), torch.randint(0, 3, (32,)))
     assert len(masks) == 2 and masks[0].any()
     assert torch.equal(masks[0], masks[1])
@@ -287,10 +287,10 @@ def test_both_consistency_forwards_see_the_same_dropout_mask():
 def test_guidance_off_makes_no_extra_network_calls(fm_ratio, expected_calls):
     x0, y = torch.randn(16, 2), torch.randint(0, 3, (16,))
     net = SmoothNet()
-    soflow.soflow_loss(net, cfg_for(fm_ratio=fm_ratio, cfg_w=1.0, cfg_m=1.0), x0, y)
+    soflow.soflow_loss(net, cfg_for(fm_ratio=fm_ratio, guidance_scale=1.0, guidance_mix=1.0), x0, y)
     assert net.calls == expected_calls
     net.calls = 0
-    unconditional = soflow.SoFlowConfig(fm_ratio=fm_ratio, num_classes=None, cfg_w=1.0, cfg_m=1.0)
+    unconditional = soflow.SoFlowConfig(fm_ratio=fm_ratio, num_classes=None, guidance_scale=1.0, guidance_mix=1.0)
     soflow.soflow_loss(net, unconditional, x0)
     assert net.calls == expected_calls
     net.calls = 0
@@ -310,7 +310,7 @@ def reference_loss(net, cfg, x0, y, step, generator):
     t_fm = sig(cfg.mu_fm, cfg.sigma_fm, n)
     t_sc = sig(cfg.mu_t, cfg.sigma_t, B - n).clamp(min=1e-4)
     s_sc = torch.minimum(sig(cfg.mu_s, cfg.sigma_s, B - n), t_sc - 1e-4)
-    r = soflow.r_schedule(cfg, step)
+    r = soflow.r_at(cfg, step)
     l_sc = torch.minimum(t_sc + (s_sc - t_sc) * r, t_sc - 1e-4)
     t_fm, t_sc, s_sc, l_sc = (u.to(x0.dtype) for u in (t_fm, t_sc, s_sc, l_sc))   # drawn in float32
     keep = torch.rand(B, generator=generator) >= cfg.label_drop
@@ -326,8 +326,8 @@ def reference_loss(net, cfg, x0, y, step, generator):
             with torch.no_grad():
                 v_unc = F(x_t, t, t, null)                                # Euler: v = F(x, t, t)
                 v_gui = F(x_t, t, t, c)
-            w = 1 + (cfg.cfg_w - 1) * soflow.guidance_decay(cfg, t.reshape(1)).item()
-            v = cfg.cfg_m * (w * v_c + (1 - w) * v_unc) + (1 - cfg.cfg_m) * v_gui    # Eq. 19
+            w = 1 + (cfg.guidance_scale - 1) * soflow.guidance_decay(cfg, t.reshape(1)).item()
+            v = cfg.guidance_mix * (w * v_c + (1 - w) * v_unc) + (1 - cfg.guidance_mix) * v_gui    # Eq. 19
         else:
             v = v_c
         if i < n:                                                         # Eq. 11, 12
@@ -351,7 +351,7 @@ def test_soflow_loss_matches_a_per_sample_reference(guided):
     torch.manual_seed(0)
     net = SmoothNet(num_classes=5).double()
     cfg = cfg_for(num_classes=5, fm_ratio=0.5, p=1.0, eps=0.01, label_drop=0.3,
-                  cfg_w=3.0 if guided else 1.0, cfg_m=0.25 if guided else 1.0,
+                  guidance_scale=3.0 if guided else 1.0, guidance_mix=0.25 if guided else 1.0,
                   mu_t=1.5, sigma_t=1.0)     # many t above 0.8: the guidance decay matters
     x0 = torch.randn(24, 2, dtype=torch.float64)
     y = torch.randint(0, 5, (24,))
@@ -390,7 +390,7 @@ class ExactNet(nn.Module):
 @pytest.mark.parametrize("schedule,param", [("linear", "euler"), ("trig", "trig")])
 def test_samplers_are_exact_with_the_exact_solution_function(schedule, param):
     mixture = toy2d.default_mixture()
-    cfg = soflow.SoFlowConfig(schedule=schedule, param=param, num_classes=None, cfg_w=1.0, cfg_m=1.0)
+    cfg = soflow.SoFlowConfig(schedule=schedule, param=param, num_classes=None, guidance_scale=1.0, guidance_mix=1.0)
     net = ExactNet(mixture, cfg)
     x1 = torch.randn(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = torch.from_numpy(mixture.solve(x1.numpy(), 1.0, 0.0, schedule, rtol=1e-11, atol=1e-11))
@@ -409,7 +409,7 @@ def test_renoise_sampler_is_exact_in_distribution():
     """With the exact f, re-noising gives exact data samples whatever the noise: for a
     single Gaussian N(mu, sd^2 I) the output's mean and std match within sampling error."""
     mixture = toy2d.GaussianMixture([[0.7, -0.4]], 0.3, [1.0])
-    cfg = soflow.SoFlowConfig(num_classes=None, cfg_w=1.0, cfg_m=1.0)
+    cfg = soflow.SoFlowConfig(num_classes=None, guidance_scale=1.0, guidance_mix=1.0)
     net = ExactNet(mixture, cfg)
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(40_000, 2, dtype=torch.float64, generator=g)
@@ -451,7 +451,7 @@ def test_net_kwargs_reach_every_call_with_the_rows_of_its_samples(guided):
             return super().forward(x, t, s, y) + tag[:, None]
 
     net = Recorder()
-    cfg = cfg_for(fm_ratio=0.25, cfg_w=3.0 if guided else 1.0, cfg_m=0.25 if guided else 1.0)
+    cfg = cfg_for(fm_ratio=0.25, guidance_scale=3.0 if guided else 1.0, guidance_mix=0.25 if guided else 1.0)
     B = 8
     tag = torch.arange(B, dtype=torch.float32) * 10
     soflow.soflow_loss(net, cfg, torch.randn(B, 2), torch.randint(0, 3, (B,)), net_kwargs={"tag": tag})

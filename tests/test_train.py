@@ -131,7 +131,7 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
     net.load_state_dict(ck["model"], strict=True)
     net.load_state_dict(ck["ema"], strict=True)
     sf = soflow.SoFlowConfig(**cfg["soflow"])
-    assert sf.total_steps == 4 and sf.num_classes == 2 and sf.cfg_w == 3.0       # K = steps; labels from the data
+    assert sf.total_steps == 4 and sf.num_classes == 2 and sf.guidance_scale == 3.0       # K = steps; labels from the data
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
     # the frozen position embedding is not optimized
     n_trainable = sum(1 for p in net.parameters() if p.requires_grad)
@@ -147,7 +147,7 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
     for r in rows:
         for k in ("loss", "fm_mse", "fm_weight", "scm_mse", "scm_weight", "grad_norm", "img_per_s"):
             assert math.isfinite(float(r[k])), k
-    assert float(rows[1]["r"]) == pytest.approx(soflow.r_schedule(sf, 4))
+    assert float(rows[1]["r"]) == pytest.approx(soflow.r_at(sf, 4))
     # the keep_every copies are checkpoints of their step
     assert load(out / "ckpt_0000002.pt")["step"] == 2
 
@@ -233,8 +233,8 @@ def test_cifar_resume_is_bit_identical(cifar, tmp_path):
 def test_resume_with_another_config_names_the_differences(latents, tmp_path):
     run_imagenet(latents, tmp_path, "--steps=2")
     with pytest.raises(SystemExit, match=r"(?s)another configuration.*net\.depth: checkpoint 1, now 2.*"
-                                         r"soflow\.cfg_w: checkpoint 3\.0, now 2\.0.*train\.lr: checkpoint 0\.0001, now 0\.0002"):
-        run_imagenet(latents, tmp_path, "--steps=2", "--lr=2e-4", "--depth=2", "--cfg_w=2.0")
+                                         r"soflow\.guidance_scale: checkpoint 3\.0, now 2\.0.*train\.lr: checkpoint 0\.0001, now 0\.0002"):
+        run_imagenet(latents, tmp_path, "--steps=2", "--lr=2e-4", "--depth=2", "--guidance_scale=2.0")
     with pytest.raises(SystemExit, match=r"soflow\.total_steps: checkpoint 2, now 3"):   # K changes the method
         run_imagenet(latents, tmp_path, "--steps=3")
     # what may change: intervals, micro-batch, attention kernel, where the data are
@@ -321,7 +321,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_p
     ("--steps=-3", r"--steps=-3: must be an integer >= 1"),
     ("--optimizer=sgd", r"--optimizer='sgd': must be one of"),
     ("--precision=fp16", r"--precision='fp16'"),
-    ("--cfg_w=0.5", r"SoFlowConfig\.cfg_w = 0\.5: must be >= 1"),
+    ("--guidance_scale=0.5", r"SoFlowConfig\.guidance_scale = 0\.5: must be >= 1"),
     ("--method=nope", r"--method='nope': must be one of"),
     ("--total_steps=5", r"--total_steps cannot be set: it comes from --steps"),
     ("--micro_batch=3", r"--batch_size=4 is not divisible by micro_batch x world size = 3 x 1 = 3"),
@@ -413,11 +413,11 @@ def test_presets_list_and_apply(capsys):
     assert "cifar10:" in text and "cifar10_released:" in text and "fm_ratio=0.0" in text and "p=0.75" in text
 
     keys = T.constructor_keys(dit.DiT, ("input_size", "in_channels", "num_classes"))
-    C = T.configure(["--steps=10", "--preset=XL/2-released", "--depth=3", "--cfg_w=2"], T.DEFAULTS, T.PRESETS,
+    C = T.configure(["--steps=10", "--preset=XL/2-released", "--depth=3", "--guidance_scale=2"], T.DEFAULTS, T.PRESETS,
                     keys, T.method_keys(), "", None)
     assert (C["model"], C["method"], C["optimizer"], C["steps"]) == ("XL/2", "imagenet_released", "adamw", 10)
-    assert C["net_overrides"] == {"depth": 3} and C["method_overrides"] == {"cfg_w": 2}
-    assert T.method_config(C).cfg_w == 2.0 and T.method_config(C).total_steps == 10
+    assert C["net_overrides"] == {"depth": 3} and C["method_overrides"] == {"guidance_scale": 2}
+    assert T.method_config(C).guidance_scale == 2.0 and T.method_config(C).total_steps == 10
     C = T.configure(["--compile=False", "--lr=1"], T.DEFAULTS, T.PRESETS, keys, T.method_keys(), "", None)
     assert C["compile"] is False and C["lr"] == 1.0 and isinstance(C["lr"], float)
 

@@ -27,7 +27,7 @@ SETTINGS = [(0.1, 1 / 320, 1000), (0.2, 0.002, 400), (1.0, 0.0003125, 64), (0.5,
 
 def ref(kind, k, K, r_init, r_end):
     cfg = soflow.SoFlowConfig(r_schedule=kind, r_init=r_init, r_end=r_end, total_steps=K)
-    return soflow.r_schedule(cfg, k)
+    return soflow.r_at(cfg, k)
 
 
 @pytest.mark.points(2)

@@ -51,7 +51,7 @@ def test_mix_velocity_is_eq19(sub):
     v_c, v_u, v_g = torch.randn(3, 16, 2, generator=g, dtype=torch.float64)
     for w, m in ((3.0, 0.25), (1.0, 1.0), (2.0, 0.5), (1.5, 1.0)):
         got = sub.mix_velocity(v_c, v_u, v_g, w, m)
-        cfg = soflow.SoFlowConfig(num_classes=4, cfg_w=w, cfg_m=m, cfg_t_max=1.0)   # no decay: w(t) = w
+        cfg = soflow.SoFlowConfig(num_classes=4, guidance_scale=w, guidance_mix=m, guidance_t_max=1.0)   # no decay: w(t) = w
         ref = soflow.mix_velocity(cfg, torch.full((16,), 0.5, dtype=torch.float64), v_c, v_u, v_g)
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(sub.mix_velocity(v_c, v_u, v_g, 1.0, 1.0), v_c)       # no guidance: v_c
@@ -63,7 +63,7 @@ def test_mix_velocity_is_eq19(sub):
 @pytest.mark.points(3)
 @pytest.mark.parametrize("w,m", [(3.0, 0.25), (2.0, 1.0)])
 def test_guided_target(sub, w, m):
-    cfg = soflow.SoFlowConfig(num_classes=4, cfg_w=w, cfg_m=m, label_drop=0.3)      # decay above t = 0.8
+    cfg = soflow.SoFlowConfig(num_classes=4, guidance_scale=w, guidance_mix=m, label_drop=0.3)      # decay above t = 0.8
     net = SmoothNet(seed=1).double()
     g = torch.Generator().manual_seed(1)
     B = 64
@@ -130,7 +130,7 @@ def exact_guided_samples(mix, x1, y, cfg):
         idx = y == k
 
         def rhs(t, z):
-            w = 1 + (cfg.cfg_w - 1) * float(soflow.guidance_decay(cfg, torch.tensor([t], dtype=torch.float64)))
+            w = 1 + (cfg.guidance_scale - 1) * float(soflow.guidance_decay(cfg, torch.tensor([t], dtype=torch.float64)))
             z = z.reshape(-1, 2)
             return (w * class_velocity(mix, z, t, k) + (1 - w) * mix.velocity(z, t)).ravel()
         out[idx] = solve_ivp(rhs, (1.0, 0.0), x1[idx].ravel(), method="DOP853", rtol=1e-8, atol=1e-8).y[:, -1].reshape(-1, 2)
@@ -151,7 +151,7 @@ def test_guidance_separates_the_classes(sub, prerequisites):
     samples, exact, metrics = {}, {}, {}
     for w in (1.0, 3.0):
         net, cfg = sub.train_conditional(mix, w, 0.25, steps=300, seed=0, width=64, batch=256)
-        assert (cfg.cfg_w, cfg.cfg_m) == (w, 0.25)
+        assert (cfg.guidance_scale, cfg.guidance_mix) == (w, 0.25)
         samples[w] = soflow.sample(net, cfg, torch.from_numpy(x1).float(), torch.from_numpy(y)).numpy()
         exact[w] = exact_guided_samples(mix, x1, y, cfg)
         metrics[w] = sub.class_metrics(samples[w], y, mix)

@@ -47,7 +47,7 @@ def mix_velocity(v_c, v_uncond, v_guided, w, m):
 def guided_target(net, cfg, x_t, t, y, keep, v_c):
     """The velocity the two losses regress on (Sec. 4.3), shape of v_c, without gradient:
       - samples that kept their label (keep True): v_mix with the decayed strength
-        w(t) = 1 + (cfg.cfg_w - 1) * soflow.guidance_decay(cfg, t) and m = cfg.cfg_m, where
+        w(t) = 1 + (cfg.guidance_scale - 1) * soflow.guidance_decay(cfg, t) and m = cfg.guidance_mix, where
         v_uncond is the model's velocity with the null label (index cfg.num_classes) and
         v_guided its velocity with the label y (soflow.velocity, Eq. 10);
       - samples whose label was dropped (keep False, y already the null label): v_c."""
@@ -78,14 +78,14 @@ def class_metrics(x, y, mixture):
 
 def solve_guided(mixture, x1, y, cfg):
     """Exact guided samples: the ODE dx/dt = w(t) v(x, t | y) + (1 - w(t)) v(x, t) from t = 1
-    to 0 with w(t) = 1 + (cfg_w - 1) guidance_decay(cfg, t), solved per class with scipy."""
+    to 0 with w(t) = 1 + (guidance_scale - 1) guidance_decay(cfg, t), solved per class with scipy."""
     out = np.zeros_like(x1, dtype=np.float64)
     for k in np.unique(y):
         idx = y == k
         z, labels = x1[idx].astype(np.float64), y[idx]
 
         def rhs(t, flat):
-            w = 1 + (cfg.cfg_w - 1) * float(soflow.guidance_decay(cfg, torch.tensor([t], dtype=torch.float64)))
+            w = 1 + (cfg.guidance_scale - 1) * float(soflow.guidance_decay(cfg, torch.tensor([t], dtype=torch.float64)))
             return exact_guided_velocity(mixture, flat.reshape(z.shape), t, labels, w).ravel()
         sol = solve_ivp(rhs, (1.0, 0.0), z.ravel(), method="DOP853", rtol=1e-8, atol=1e-8)
         out[idx] = sol.y[:, -1].reshape(z.shape)
@@ -94,7 +94,7 @@ def solve_guided(mixture, x1, y, cfg):
 
 def config(w, m, steps, num_classes=4):
     """The toy's settings (toy2d.toy_defaults) with labels and guidance."""
-    return toy2d.toy_defaults(steps).replace(num_classes=num_classes, label_drop=0.1, cfg_w=w, cfg_m=m)
+    return toy2d.toy_defaults(steps).replace(num_classes=num_classes, label_drop=0.1, guidance_scale=w, guidance_mix=m)
 
 
 def loss_step(net, cfg, x0, y, step, generator=None):

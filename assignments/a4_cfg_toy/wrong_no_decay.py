@@ -13,5 +13,5 @@ from mistakes import reference_with  # noqa: E402
 CAUGHT_BY = ('test_guided_target', 'test_guidance_separates_the_classes')
 
 reference_with(globals(),
-    ('w = _bc(1 + (cfg.cfg_w - 1) * soflow.guidance_decay(cfg, t), v_c)',
-     'w = cfg.cfg_w'))   # mistake: no decay above t = 0.8
+    ('w = _bc(1 + (cfg.guidance_scale - 1) * soflow.guidance_decay(cfg, t), v_c)',
+     'w = cfg.guidance_scale'))   # mistake: no decay above t = 0.8

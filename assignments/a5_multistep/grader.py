@@ -97,7 +97,7 @@ def test_renoise_is_exact_in_distribution(sub):
 def test_samplers_match_soflow_on_a_network(sub, schedule, param):
     torch.manual_seed(2)
     net = toy2d.MLP(width=32, depth=2)
-    cfg = soflow.SoFlowConfig(schedule=schedule, param=param, num_classes=None, cfg_w=1.0, cfg_m=1.0)
+    cfg = soflow.SoFlowConfig(schedule=schedule, param=param, num_classes=None, guidance_scale=1.0, guidance_mix=1.0)
 
     @torch.no_grad()
     def f(x, t, s):
