@@ -371,48 +371,48 @@ def build_training(name, attn_mode, compiled):
     """What train_imagenet.py (DiT names) or train_cifar.py ('unet') trains, at the
     paper's settings: the network, the loss module, one micro-batch of synthetic data
     (`batch` images), the optimizer settings, the EMA and the operations of one step."""
+    import argparse
     import soflow
-    import train_imagenet as T
+    import trainer
     dev = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     if name == "unet":
-        import train_cifar
         import unet
         net = unet.UNet(attn=attn_mode).to(dev)
         cfg = soflow.preset("cifar10")
         fwd = torch.compile(net, dynamic=False) if compiled else net
         if compiled:
-            from torch._inductor import config as inductor_config
-            inductor_config.fallback_random = True       # as train_cifar.py: dropout masks replay
-        objective = train_cifar.PixelObjective(fwd, cfg, 0.12, 0.5, True)
+            torch._inductor.config.fallback_random = True       # as train_cifar.py: dropout masks replay
+        objective = trainer.Objective(fwd, cfg, lambda x: (x.float() / 127.5 - 1, None, {
+            "augment_labels": torch.zeros(x.shape[0], 6, device=x.device)}))
         data = (torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev),)
         opt = dict(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0)
-        ema = T.EMA(net, 0.9999, 16, "float64")
-        n_sc = batch - soflow.fm_count(cfg, batch)
-        flops = train_cifar.unet_forward_flops(net.config) * (3 * batch + n_sc)
+        ema = trainer.EMA(net, 0.9999, 16, "float64")
+        from train_cifar import unet_macs           # (moves to unet.flops)
+        macs = unet_macs(net.config)
     else:
         import dit
         net = dit.dit_from_name(name, attn=attn_mode).to(dev)
         cfg = soflow.preset("imagenet")
         fwd = torch.compile(net, dynamic=False) if compiled else net
-        objective = T.LatentObjective(fwd, cfg)
+        objective = trainer.Objective(fwd, cfg, lambda mean, std, y: ((mean + std * torch.randn_like(std)) * 0.18215, y, None))
         mean = torch.randn(batch, 4, 32, 32, generator=g) * 5
         std = torch.rand(batch, 4, 32, 32, generator=g) * 0.1
         data = tuple(u.to(dev) for u in (mean, std, torch.randint(0, 1000, (batch,), generator=g)))
         opt = dict(optimizer="adam", lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0)
-        ema = T.EMA(net, 0.9999, 1, "float32")
-        flops = T.dit_step_flops(net.config, cfg, batch, 1, 1)
-    return net, objective, data, dict(opt, grad_clip=0.0, seed=seed), ema, flops
+        ema = trainer.EMA(net, 0.9999, 1, "float32")
+        macs = dit.flops(net.config)
+    C = argparse.Namespace(**opt, grad_clip=0.0, seed=seed)
+    return net, objective, data, C, ema, trainer.step_flops(macs, cfg, batch, 1, 1)
 
 
 def bench_train():
-    """One optimizer step of the training scripts (train_imagenet.train_step: the whole
-    SoFlow loss of a micro-batch, backward, gradient norm, optimizer step, EMA update),
-    one process, synthetic data, per setting: 'fp32' (eager, TF32 on a GPU as the
-    scripts set it), 'bf16' (eager, autocast), 'bf16+compile' (autocast, torch.compile
-    of the network: the scripts' default on CUDA)."""
-    from types import SimpleNamespace
-    import train_imagenet as T
+    """One optimizer step of the training scripts (trainer.train_step: the whole SoFlow
+    loss of a micro-batch, backward, gradient norm, optimizer step, EMA update), one
+    process, synthetic data, per setting: 'fp32' (eager, TF32 on a GPU as the scripts set
+    it), 'bf16' (eager, autocast), 'bf16+compile' (autocast, torch.compile of the network:
+    the scripts' default on CUDA)."""
+    import trainer
     peak, where = _setup()
     print(f"# train: one optimizer step (SoFlow loss, backward, optimizer, EMA), micro-batch {batch}, median of "
           f"{iters} steps after {warmup} warm-up, {where}, torch {torch.__version__}")
@@ -426,13 +426,12 @@ def bench_train():
                 if setting not in ("fp32", "bf16", "bf16+compile"):
                     raise SystemExit(f"unknown setting {setting!r}: use fp32, bf16 or bf16+compile")
                 net, objective, data, C, ema, flops = build_training(name, attn_mode, setting.endswith("compile"))
-                run = SimpleNamespace(rank=0, world=1, device=dev, accum=1, net=net)
-                opt, params = T.make_optimizer(C, net, dev)
+                opt = trainer.make_optimizer(C, net, dev)
                 autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=setting.startswith("bf16"))
                 count = [0]
 
                 def step():
-                    T.train_step(run, objective, opt, params, ema, [data], count[0], C, autocast, {})
+                    trainer.train_step(objective, opt, ema, net, [data], count[0], C, 0, 1, dev, autocast)
                     count[0] += 1
 
                 if device.startswith("cuda"):

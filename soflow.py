@@ -432,3 +432,9 @@ def sample_euler(net, cfg, x1, y=None, steps=100, times=None):
     for t, s in zip(ts, ts[1:]):
         x = x + _bc(s - t, x) * velocity(net, cfg, x, t, y)
     return x
+
+
+def forward_passes(cfg, batch):
+    """(images seen with gradient, images seen without) by the network in one soflow_loss call."""
+    n_sc = batch - fm_count(cfg, batch)
+    return batch, n_sc + ((batch + n_sc) if cfg.guided else 0)

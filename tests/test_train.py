@@ -20,14 +20,17 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import dit
 import soflow
 import train_cifar
 import train_imagenet as T
+import trainer
 import unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIT = ["--model=T/2", "--depth=1", "--hidden_size=32", "--num_heads=2", "--progress=False", "--sample_every=0"]
+DIT = ["--model=T/2", "--depth=1", "--hidden_size=32", "--num_heads=2", "--progress=False", "--sample_every=0",
+       "--num_workers=0"]
 UNET = ["--model_channels=16", "--channel_mult=(1,2)", "--num_blocks=1", "--noise_channels=16", "--emb_mult=1",
         "--progress=False", "--sample_every=0", "--augment_p=0.5", "--ema_every=2"]
 
@@ -94,6 +97,14 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def error_of(main, argv, capsys):
+    """The one-line message a bad command line stops with (argparse's, or SystemExit's)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code != 0
+    return e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err
+
+
 def assert_same_state(a, b):
     """Bit-identical model, EMA, optimizer state and step."""
     assert a["step"] == b["step"]
@@ -119,7 +130,7 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
     assert Image.open(out / "samples_0000004.png").size[0] > 16 and Image.open(out / "loss.png").size[0] > 100
 
     ck = load(out / "ckpt.pt")
-    assert {"model", "ema", "optimizer", "step", "config", "data", "rng"} <= set(ck) and ck["step"] == 4
+    assert set(ck) == {"model", "ema", "optimizer", "step", "config"} and ck["step"] == 4
     cfg = ck["config"]
     assert cfg["script"] == "train_imagenet" and set(cfg) == {"script", "net", "soflow", "data", "train"}
     assert cfg["data"]["kind"] == "latents" and cfg["data"]["latent_scale"] == 0.18215
@@ -159,7 +170,7 @@ def test_cifar_run_writes_checkpoint_with_float64_ema(cifar, tmp_path):
     assert {"ckpt.pt", "log.csv", "loss.png", "samples_0000004.png"} <= set(os.listdir(out))
     ck = load(out / "ckpt.pt")
     cfg = ck["config"]
-    assert cfg["script"] == "train_cifar" and cfg["data"]["kind"] == "cifar10" and cfg["data"]["num_classes"] is None
+    assert cfg["script"] == "train_cifar" and cfg["data"]["kind"] == "pixels" and cfg["data"]["num_classes"] is None
     net_cfg = dict(cfg["net"])
     assert net_cfg.pop("kind") == "unet"
     net = unet.UNet(**net_cfg)
@@ -197,7 +208,8 @@ def test_cifar_objective_feeds_each_image_its_augmentation_label(monkeypatch):
 
     monkeypatch.setattr(train_cifar, "augment", spy)
     cfg = soflow.preset("cifar10", total_steps=10)             # lambda = 0.25: 2 + 6 images
-    obj = train_cifar.PixelObjective(Probe(), cfg, 1.0, 0.5, True)
+    import functools
+    obj = trainer.Objective(Probe(), cfg, functools.partial(train_cifar.inputs, p=1.0, xflip=0.5, labels=True))
     loss, logs = obj(0, images)
     lab = seen["labels"]
     assert [n for n, _ in calls] == [2, 6, 6]                  # FM forward, SCM forward, SCM target
@@ -267,7 +279,6 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(latents, tmp
     T.main(args + [f"--out_dir={tmp_path / 'one'}"])
     a, b = load(tmp_path / "ddp" / "ckpt.pt"), load(tmp_path / "one" / "ckpt.pt")
     assert a["config"]["train"]["micro_batch"] == b["config"]["train"]["micro_batch"] == 2
-    assert len(a["rng"]["torch"]) == 2 and len(b["rng"]["torch"]) == 1
     moved = 0
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=2e-6, rtol=0)
@@ -314,65 +325,90 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_p
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("--lr=0", r"--lr=0\.0: must be a finite number > 0"),
-    ("--batch_size=0", r"--batch_size=0: must be an integer >= 1"),
+    ("--lr=0", r"--lr=0\.0: must be in \(0, 1\]"),
+    ("--lr=1e39", r"--lr=1e\+39: must be in \(0, 1\]"),
+    ("--batch_size=0", r"--batch_size=0: must be >= 1"),
     ("--ema_decay=1.0", r"--ema_decay=1\.0: must be in \[0, 1\)"),
     ("--beta2=1.5", r"--beta2=1\.5: must be in \[0, 1\)"),
-    ("--steps=-3", r"--steps=-3: must be an integer >= 1"),
-    ("--optimizer=sgd", r"--optimizer='sgd': must be one of"),
-    ("--precision=fp16", r"--precision='fp16'"),
+    ("--steps=-3", r"--steps=-3: must be in \[1, 2\*\*24\)"),
+    ("--optimizer=sgd", r"argument --optimizer: invalid choice: 'sgd'"),
+    ("--precision=fp16", r"argument --precision: invalid choice: 'fp16'"),
     ("--guidance_scale=0.5", r"SoFlowConfig\.guidance_scale = 0\.5: must be >= 1"),
-    ("--method=nope", r"--method='nope': must be one of"),
-    ("--total_steps=5", r"--total_steps cannot be set: it comes from --steps"),
+    ("--guidance_scale=abc", r"argument --guidance_scale: invalid _finite value: 'abc'"),
+    ("--eps=inf", r"argument --eps: 'inf' is not a finite number"),
+    ("--hidden_size=abc", r"argument --hidden_size: invalid int value: 'abc'"),
+    ("--depth=0", r"the network: .*depth"),
+    ("--method=nope", r"argument --method: invalid choice: 'nope'"),
+    ("--total_steps=5", r"unrecognized arguments: --total_steps=5"),
     ("--micro_batch=3", r"--batch_size=4 is not divisible by micro_batch x world size = 3 x 1 = 3"),
-    ("--lr=fast", r"--lr: expected a float"),
-    ("--bogus=1", r"unknown setting 'bogus'"),
-    ("--model=Z/9", r"--model='Z/9': choose from"),
+    ("--lr=fast", r"argument --lr: invalid _finite value: 'fast'"),
+    ("--bogus=1", r"unrecognized arguments: --bogus=1"),
+    ("--model=Z/9", r"argument --model: invalid choice: 'Z/9'"),
+    ("--progress=maybe", r"argument --progress: 'maybe' is not True or False"),
 ])
-def test_bad_config_values_fail_before_touching_the_data(tmp_path, arg, message):
-    # the data folder does not exist: the configuration is checked first
-    with pytest.raises(SystemExit, match=message):
-        T.main([f"--data={tmp_path / 'none'}", f"--out_dir={tmp_path}", *DIT, "--batch_size=4", arg])
+def test_bad_config_values_fail_before_touching_the_data(tmp_path, capsys, arg, message, latents):
+    # the configuration is checked first: with no data folder, or (--depth) before any compute
+    data = latents if arg == "--depth=0" else tmp_path / "none"
+    msg = error_of(T.main, [f"--data={data}", f"--out_dir={tmp_path}", *DIT, "--batch_size=4", arg], capsys)
+    assert re.search(message, msg) and len(msg.strip().splitlines()) == 1, msg
+    assert not (tmp_path / "ckpt.pt").exists()
 
 
 @pytest.mark.parametrize("arg, message", [
     ("--augment_p=1.5", r"--augment_p=1\.5: must be in \[0, 1\]"),
-    ("--augment_dim=0", r"--augment_p > 0 needs the augmentation label"),
+    ("--augment_dim=0", r"--augment_p > 0 needs the 6-dim augmentation label"),
     ("--method=imagenet", r"class-conditional"),
     ("--dropout=2.0", r"--dropout=2.0: must be in \[0, 1\)"),
 ])
-def test_bad_cifar_config_values(tmp_path, arg, message):
-    with pytest.raises(SystemExit, match=message):
-        train_cifar.main([f"--data_dir={tmp_path}", f"--out_dir={tmp_path}", *UNET, "--batch_size=4",
-                          "--download=False", arg])
+def test_bad_cifar_config_values(tmp_path, capsys, arg, message):
+    msg = error_of(train_cifar.main, [f"--data_dir={tmp_path}", f"--out_dir={tmp_path}", *UNET, "--batch_size=4",
+                                      "--download=False", arg], capsys)
+    assert re.search(message, msg), msg
 
 
-def test_batch_divisibility_across_processes(monkeypatch, tmp_path):
+def test_batch_divisibility_across_processes(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(SystemExit, match=r"--batch_size=4 is not divisible by micro_batch x world size.*3 processes"):
-        T.main([f"--data={tmp_path}", *DIT, "--batch_size=4"])
+    assert re.search(r"--batch_size=4 cannot be shared by 3 processes",
+                     error_of(T.main, [f"--data={tmp_path}", *DIT, "--batch_size=4"], capsys))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match=r"micro_batch x world size = 4 x 2 = 8.*divides 2"):
-        T.main([f"--data={tmp_path}", *DIT, "--batch_size=4", "--micro_batch=4"])
+    assert re.search(r"micro_batch x world size = 4 x 2 = 8.*divides 2",
+                     error_of(T.main, [f"--data={tmp_path}", *DIT, "--batch_size=4", "--micro_batch=4"], capsys))
 
 
 def test_missing_and_malformed_latents(latents, tmp_path):
-    with pytest.raises(SystemExit, match=r"(?s)no ImageNet latents in .*prepare_imagenet\.py --data_dir="):
+    with pytest.raises(SystemExit, match=r"(?s)no ImageNet latents in .*prepare_imagenet\.py --data_dir"):
         run_imagenet(tmp_path / "nothing", tmp_path / "o")
     import shutil
     bad = tmp_path / "bad"
     shutil.copytree(latents, bad)
     np.save(bad / "std.npy", np.zeros((10, 4, 8, 7), np.float32))
-    with pytest.raises(SystemExit, match=r"(?s)malformed ImageNet latents.*std\.npy is float32 \(10, 4, 8, 7\), "
+    with pytest.raises(SystemExit, match=r"(?s)malformed ImageNet latents: .*std\.npy: float32 \(10, 4, 8, 7\), "
                                          r"expected float32 \(10, 4, 8, 8\).*prepare_imagenet\.py"):
+        run_imagenet(bad, tmp_path / "o")
+    data = (latents / "std.npy").read_bytes()
+    (bad / "std.npy").write_bytes(data[:len(data) // 2])                       # a truncated file is named
+    with pytest.raises(SystemExit, match=r"malformed ImageNet latents: .*std\.npy: "):
         run_imagenet(bad, tmp_path / "o")
     shutil.copy(latents / "std.npy", bad / "std.npy")
     meta = (bad / "meta.json").read_text().replace('"complete": true', '"complete": false')
     (bad / "meta.json").write_text(meta)
     with pytest.raises(SystemExit, match=r"not finished.*run the same command again"):
         run_imagenet(bad, tmp_path / "o")
-    with pytest.raises(SystemExit, match=r"holds 10 latents, fewer than one batch of 16"):
+    with pytest.raises(SystemExit, match=r"holds 10 latents, fewer than one batch of --batch_size=16"):
         T.main([f"--data={latents}", f"--out_dir={tmp_path / 'o'}", *DIT, "--batch_size=16"])
+
+
+def test_unreadable_checkpoints_and_out_dir_say_so(latents, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"--out_dir='.*file' is a file, not a folder"):
+        run_imagenet(latents, tmp_path / "file")
+    run_imagenet(latents, tmp_path / "run", "--steps=2")
+    good = (tmp_path / "run" / "ckpt.pt").read_bytes()
+    for content, what in ((good[:len(good) // 2], "cannot be read, it is truncated"), (b"", r"is empty \(0 bytes\)")):
+        (tmp_path / "run" / "ckpt.pt").write_bytes(content)
+        with pytest.raises(SystemExit, match=rf"ckpt\.pt {what}.*Delete it to start again"):
+            run_imagenet(latents, tmp_path / "run", "--steps=4")
+        assert (tmp_path / "run" / "ckpt.pt").read_bytes() == content           # nothing on disk damaged
 
 
 def test_missing_and_malformed_cifar(tmp_path, monkeypatch):
@@ -391,9 +427,82 @@ def test_missing_and_malformed_cifar(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"malformed CIFAR-10 in .*cifar-10-batches-py"):
         run_cifar(str(tmp_path / "bad"), tmp_path / "o")
     write_cifar(str(tmp_path / "small"))
-    with pytest.raises(SystemExit, match=r"holds 20 images, fewer than one batch of 32"):
+    with pytest.raises(SystemExit, match=r"holds 20 images, fewer than one batch of --batch_size=32"):
         train_cifar.main([f"--data_dir={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", *UNET,
                           "--batch_size=32", "--download=False"])
+
+
+SCRIPT_ERRORS = [   # (script, arguments, text the one line names): run as a user runs them
+    ("train_imagenet.py", ["--guidance_scale=abc"], "--guidance_scale"),
+    ("train_imagenet.py", ["--eps=inf"], "--eps"),
+    ("train_imagenet.py", ["--hidden_size=abc"], "--hidden_size"),
+    ("train_imagenet.py", ["--lr=1e39"], "--lr=1e+39"),
+    ("train_imagenet.py", ["--data=/nonexistent"], "/nonexistent"),
+    ("train_cifar.py", ["--augment_p=2"], "--augment_p=2.0"),
+    ("prepare_imagenet.py", ["--data_dir=/nonexistent"], "/nonexistent"),
+    ("prepare_imagenet.py", ["--chunk_size=0"], "--chunk_size"),
+]
+
+
+@pytest.mark.parametrize("script, args, named", SCRIPT_ERRORS)
+def test_user_errors_are_one_line_without_traceback(script, args, named, tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, script), f"--out_dir={tmp_path / 'o'}", *args],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], res.stderr
+    assert not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("script, option", [("train_imagenet.py", "--batch_size"), ("train_cifar.py", "--augment_p"),
+                                            ("prepare_imagenet.py", "--chunk_size")])
+def test_help_exits_zero(script, option):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0 and option in res.stdout, res.stderr
+
+# ----------------------------------------------------------------------------- kills, logs, kept checkpoints
+
+
+def log_steps(path):
+    import csv
+    return [int(r["step"]) for r in csv.DictReader(open(path))]
+
+
+def test_kill_before_the_first_checkpoint_leaves_one_row_per_step(latents, tmp_path, monkeypatch):
+    real = trainer.Run.save
+
+    def killed(self, step, *a):
+        raise KeyboardInterrupt("SIGKILL before the first checkpoint")
+
+    monkeypatch.setattr(trainer.Run, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_imagenet(latents, tmp_path, "--steps=5", "--log_every=1", "--ckpt_every=5")
+    assert log_steps(tmp_path / "log.csv") == [1, 2, 3, 4, 5] and not (tmp_path / "ckpt.pt").exists()
+    monkeypatch.setattr(trainer.Run, "save", real)
+    run_imagenet(latents, tmp_path, "--steps=5", "--log_every=1", "--ckpt_every=5")
+    assert log_steps(tmp_path / "log.csv") == [1, 2, 3, 4, 5]
+
+
+def test_kill_between_the_save_and_the_keep_link_keeps_the_checkpoint(latents, tmp_path, monkeypatch):
+    def killed(src, dst):
+        raise KeyboardInterrupt("SIGKILL in place of os.link")
+
+    monkeypatch.setattr(os, "link", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_imagenet(latents, tmp_path, "--steps=6", "--ckpt_every=2", "--keep_every=2")
+    assert load(tmp_path / "ckpt.pt")["step"] == 2 and not (tmp_path / "ckpt_0000002.pt").exists()
+    monkeypatch.undo()
+    run_imagenet(latents, tmp_path, "--steps=6", "--ckpt_every=2", "--keep_every=2")
+    assert [load(tmp_path / f"ckpt_{s:07d}.pt")["step"] for s in (2, 4, 6)] == [2, 4, 6]
+
+
+def test_every_keep_every_step_is_kept(latents, tmp_path):
+    run_imagenet(latents, tmp_path, "--steps=12", "--ckpt_every=3", "--keep_every=5", "--log_every=4")
+    kept = sorted(f for f in os.listdir(tmp_path) if f.startswith("ckpt_"))
+    assert kept == ["ckpt_0000005.pt", "ckpt_0000010.pt"]
+    assert [load(tmp_path / f)["step"] for f in kept] == [5, 10] and load(tmp_path / "ckpt.pt")["step"] == 12
 
 # ----------------------------------------------------------------------------- presets and settings
 
@@ -412,14 +521,14 @@ def test_presets_list_and_apply(capsys):
     text = capsys.readouterr().out
     assert "cifar10:" in text and "cifar10_released:" in text and "fm_ratio=0.0" in text and "p=0.75" in text
 
-    keys = T.constructor_keys(dit.DiT, ("input_size", "in_channels", "num_classes"))
-    C = T.configure(["--steps=10", "--preset=XL/2-released", "--depth=3", "--guidance_scale=2"], T.DEFAULTS, T.PRESETS,
-                    keys, T.method_keys(), "", None)
-    assert (C["model"], C["method"], C["optimizer"], C["steps"]) == ("XL/2", "imagenet_released", "adamw", 10)
-    assert C["net_overrides"] == {"depth": 3} and C["method_overrides"] == {"guidance_scale": 2}
-    assert T.method_config(C).guidance_scale == 2.0 and T.method_config(C).total_steps == 10
-    C = T.configure(["--compile=False", "--lr=1"], T.DEFAULTS, T.PRESETS, keys, T.method_keys(), "", None)
-    assert C["compile"] is False and C["lr"] == 1.0 and isinstance(C["lr"], float)
+    C = trainer.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__,
+                          ["--steps=10", "--preset=XL/2-released", "--depth=3", "--guidance_scale=2"],
+                          fixed=("input_size", "in_channels", "num_classes"))
+    assert (C.model, C.method, C.optimizer, C.steps) == ("XL/2", "imagenet_released", "adamw", 10)
+    assert C.net_args == {"depth": 3} and C.method_args == {"guidance_scale": 2.0}
+    assert trainer.method_config(C).guidance_scale == 2.0 and trainer.method_config(C).total_steps == 10
+    C = trainer.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__, ["--compile=off", "--lr=1", "--progress=False"])
+    assert C.compile == "off" and C.lr == 1.0 and isinstance(C.lr, float) and C.progress is False
 
 # ----------------------------------------------------------------------------- pieces
 
@@ -427,27 +536,31 @@ def test_presets_list_and_apply(capsys):
 def test_data_order_is_a_permutation_per_epoch_and_independent_of_the_world_size():
     n, batch = 23, 4                                     # 5 batches per epoch, 3 images skipped
     for epoch in range(2):
-        seen = np.concatenate([T.step_indices(n, batch, 7, 5 * epoch + k) for k in range(5)])
+        seen = np.concatenate([trainer.step_indices(n, batch, 7, 5 * epoch + k) for k in range(5)])
         assert len(set(seen.tolist())) == 20 and seen.min() >= 0 and seen.max() < n
-    assert not np.array_equal(T.step_indices(n, batch, 7, 0), T.step_indices(n, batch, 7, 5))
+    assert not np.array_equal(trainer.step_indices(n, batch, 7, 0), trainer.step_indices(n, batch, 7, 5))
     # every (world, micro) split covers the global batch exactly once, with the same
     # micro-batch index for the same images
     parts = {}
     for world, micro in ((1, 4), (2, 2), (4, 1), (1, 1), (2, 1)):
         got = {}
         for rank in range(world):
-            for j, sl in T.micro_slices(batch, micro, rank, world):
+            for j, sl in trainer.micro_slices(batch, micro, rank, world):
                 got[j] = list(range(batch))[sl]
         assert sorted(i for v in got.values() for i in v) == list(range(batch))
         parts.setdefault(micro, got)
         assert parts[micro] == got
-    assert T.micro_seed(1, 2, 3) != T.micro_seed(1, 3, 2) != T.micro_seed(2, 2, 3)
+    draws = set()
+    for seed, step, index in ((1, 2, 3), (1, 3, 2), (2, 2, 3)):
+        trainer.seed_micro_step(seed, step, index, torch.device("cpu"))
+        draws.add(torch.rand(()).item())
+    assert len(draws) == 3
 
 
 def test_ema_decay_and_interval():
     net = torch.nn.Linear(3, 2)
     p0 = [p.detach().clone() for p in net.parameters()]
-    ema = T.EMA(net, 0.9, every=2, dtype="float64")
+    ema = trainer.EMA(net, 0.9, every=2, dtype="float64")
     with torch.no_grad():
         for p in net.parameters():
             p.add_(1.0)
@@ -471,9 +584,9 @@ def test_step_flops_match_torch_flop_counter():
     with FlopCounterMode(display=False) as fc:
         loss, _ = soflow.soflow_loss(net, cfg, x0, y)
         loss.backward()
-    expected = T.dit_step_flops(net.config, cfg, micro=8, accum=1, world=1)
+    expected = trainer.step_flops(dit.flops(net.config), cfg, micro=8, accum=1, world_size=1)
     assert fc.get_total_flops() == pytest.approx(expected, rel=0.03)
-    assert T.dit_step_flops(net.config, cfg, 8, 4, 2) == 8 * expected
+    assert trainer.step_flops(dit.flops(net.config), cfg, 8, 4, 2) == 8 * expected
 
     ucfg = dict(img_resolution=32, in_channels=3, model_channels=16, channel_mult=[1, 2], num_blocks=1,
                 attn_resolutions=[16], dropout=0.0, noise_channels=16, emb_mult=1, augment_dim=6,
@@ -481,7 +594,7 @@ def test_step_flops_match_torch_flop_counter():
     u = unet.UNet(**{**ucfg, "attn": "math"})
     with FlopCounterMode(display=False) as fc:
         u(torch.randn(3, 3, 32, 32), torch.rand(3), torch.zeros(3), augment_labels=torch.zeros(3, 6))
-    assert fc.get_total_flops() == 3 * train_cifar.unet_forward_flops(ucfg)
+    assert fc.get_total_flops() == 3 * 2 * train_cifar.unet_macs(ucfg)
 
 # ----------------------------------------------------------------------------- augmentation
 
@@ -553,19 +666,3 @@ def test_augmentation_labels_and_probabilities():
     assert torch.equal(out[untouched], x[untouched])
     aniso = lab[:, 2:4][(lab[:, 2:4] != 0).any(1)]
     assert 0.35 < (aniso[:, 1] == 0).float().mean() < 0.65                  # angle 0 in half of the cases
-
-
-def test_bench_train_mode_runs(capsys):
-    """bench.py --mode=train times the scripts' own train_step (a smoke test; the figures
-    are in BENCHMARKS.md)."""
-    import importlib
-    import bench
-    try:
-        bench.main(["--mode=train", "--model=T/4", "--batch=2", "--iters=1", "--warmup=1", "--attn=fused",
-                    "--settings=fp32", "--device=cpu"])
-    finally:
-        importlib.reload(bench)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| T/4")]
-    assert len(rows) == 1
-    ms, per_s = float(rows[0].split("|")[5]), float(rows[0].split("|")[6])
-    assert ms > 0 and per_s == pytest.approx(2 / (ms / 1e3), rel=0.05, abs=0.05)   # images / s = batch / time
