@@ -18,6 +18,7 @@ layout, timm-style names): load_released_state_dict loads one strictly.
     flops(model)                          # multiply-adds per image, for MFU figures
 """
 
+import inspect
 import math
 from collections import OrderedDict
 
@@ -237,18 +238,17 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(x, c))
 
 def flops(model_or_config, batch=1):
-    """Multiply-adds of one forward pass over `batch` images, counted analytically in the
-    DiT / fvcore convention of the paper's Table 4 (a multiply-add is 1 FLOP; matrix products
-    only: linears, the patch convolution, attention's Q K^T and A V), as unet.flops. An MFU
-    figure takes twice this per forward; a training step about 3 forwards (forward +
-    backward) plus each gradient-free forward of the loss (see soflow.soflow_loss).
-
-    model_or_config: a DiT, a dict of constructor arguments (.config), or a name ('B/2')."""
-    if not isinstance(model_or_config, DiT):
-        with torch.device("meta"):              # shapes only: the constructor fills in defaults
-            model_or_config = (dit_from_name(model_or_config) if isinstance(model_or_config, str)
-                               else DiT(**model_or_config))
-    cfg = model_or_config.config
+    """Multiply-adds of one forward pass over `batch` images of a DiT, its constructor arguments
+    (.config) or a name ('B/2'), counted analytically in the DiT / fvcore convention of the
+    paper's Table 4 (a multiply-add is 1 FLOP; matrix products only: linears, the patch
+    convolution, attention's Q K^T and A V), as unet.flops. An MFU figure takes twice this per
+    forward; a training step about 3 forwards plus each gradient-free forward of the loss."""
+    cfg = model_or_config.config if isinstance(model_or_config, DiT) else model_or_config
+    if isinstance(cfg, str):
+        if cfg not in DIT_CONFIGS:
+            raise ValueError(f"unknown DiT configuration {cfg!r}; choose from {list(DIT_CONFIGS)}")
+        cfg = DIT_CONFIGS[cfg]
+    cfg = {**{k: p.default for k, p in inspect.signature(DiT).parameters.items()}, **cfg}   # defaults for the rest
     D, L, p, C = cfg["hidden_size"], cfg["depth"], cfg["patch_size"], cfg["in_channels"]
     T, H = (cfg["input_size"] // p) ** 2, int(D * cfg["mlp_ratio"])
     embed = T * (C * p * p) * D + 2 * (256 * D + D * D)          # patch conv, two time MLPs

@@ -104,6 +104,9 @@ def test_flops_match_torch_flop_counter_on_a_small_network_with_math_attention()
         with FlopCounterMode(display=False) as counter:
             model(x, t, s, y)
         assert counter.get_total_flops() == 2 * dit.flops(model, batch=3) == 2 * 3 * dit.flops(model.config)
+    # a partial config: the constructor's defaults fill in the rest (4 latent channels, MLP ratio 4, ...)
+    partial = dict(input_size=8, depth=2, hidden_size=64, num_heads=4)
+    assert dit.flops(partial) == dit.flops(dit.DiT(**partial))
 
 # ------------------------------------------------- checkpoint layout (the released files)
 
@@ -321,6 +324,8 @@ def test_bad_inputs_are_rejected():
         model(x, t, s, y.float())
     with pytest.raises(ValueError, match="unknown DiT"):
         dit.dit_from_name("H/2")
+    with pytest.raises(ValueError, match="unknown DiT"):
+        dit.flops("H/2")
     with pytest.raises(ValueError, match="attention mode"):
         dit.set_attention(model, "flash")
     with pytest.raises(ValueError, match="patch_size=4 does not divide input_size=30"):
