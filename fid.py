@@ -1,274 +1,135 @@
-"""FID evaluation: the Frechet Inception Distance the way the literature computes it.
+"""
+FID as the published numbers compute it (Heusel et al. 2017): Gaussians fitted to the 2048-d
+pool features of the TensorFlow Inception-v3 of 2015-12-05 (of the original FID code and the
+ADM evaluation suite; here pytorch-fid's PyTorch port), FID = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 
-    python fid.py samples.npz --ref cifar10-train      # CIFAR-10, 50,000 training images
-    python fid.py samples.npz --ref VIRTUAL_imagenet256_labeled.npz   # ADM reference batch
-    python fid.py samples.npz --ref path/to/image/folder
-    python fid.py --save-stats cifar10_train_stats.npz cifar10-train
+    python fid.py samples.npz --ref cifar10-train                  # CIFAR-10's 50,000 training images
+    python fid.py samples.npz --ref Ref/VIRTUAL_imagenet256_labeled.npz     # the authors' reference batch,
+    python fid.py samples.npz --ref zlab-princeton/SoFlow/Ref/cifar10.npz   # fetched from the hub once
+    python fid.py --save_stats cifar10_train_stats.npz cifar10-train
 
-FID (Heusel et al. 2017) fits a Gaussian to the 2048-d pool features of an
-Inception-v3 network for each set of images and reports the Frechet distance
-between the two Gaussians,
-
-    FID = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
-
-The published numbers (the SoFlow paper, ADM, DiT, MeanFlow...) use one
-particular network: the TensorFlow Inception graph of 2015-12-05. pytorch-fid
-ported its weights to PyTorch (the file WEIGHTS_FILENAME below); that port is
-torchvision's Inception-v3 layout with 1008 classes and three FID-specific
-quirks of the TF graph, reproduced by the blocks below. Any other Inception
-(torchvision's ImageNet weights, say) gives numbers that are not comparable.
-
-Samples come as an .npz holding uint8 images (N, H, W, 3) under 'arr_0' (the
-ADM evaluation-suite format, what sample.py writes) or as a folder of images.
-A reference is a dataset ('cifar10-train'), a folder, an .npz of images, or an
-.npz of precomputed statistics ('mu', 'sigma'), like the ADM reference batches.
+Samples: an .npz of uint8 images (N, H, W, 3) under 'arr_0' (the ADM format sample.py writes) or an image
+folder. A reference: either, a dataset name, or an .npz of statistics ('mu', 'sigma').
 """
 
 import argparse
-import functools
+import contextlib
 import hashlib
 import json
 import os
+import pickle
+import re
 import sys
-import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from scipy import linalg
-from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
+from torchvision.models import inception as tv
 from tqdm import tqdm
 
-# pytorch-fid's port of the TF Inception graph inception-2015-12-05. The
-# filename ends with the first hex digits of the file's SHA-256 (the torch.hub
-# convention), which the download checks.
-WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-               "pt_inception-2015-12-05-6726825d.pth")
-WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+# pytorch-fid's port of the TF graph; the name ends with the first hex digits of the file's SHA-256
+# (torch.hub's convention), which the download checks. Other weights compare with nothing published.
 WEIGHTS_SHA256_PREFIX = "6726825d"
-WEIGHTS_ENV = "SOFLOW_FID_WEIGHTS"  # a local copy of the weights file, instead of the download
-
-# The ADM evaluation suite's ImageNet 256 reference batch: 'mu' and 'sigma' of
-# the whole training set (and 10,000 images under 'arr_0').
-ADM_IMAGENET256_REF_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
-                           "ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz")
-
+WEIGHTS_FILENAME = f"pt_inception-2015-12-05-{WEIGHTS_SHA256_PREFIX}.pth"
+WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILENAME}"
+WEIGHTS_ENV = "SOFLOW_FID_WEIGHTS"      # a local copy of the weights file, instead of the download
+HUB_REPO = "zlab-princeton/SoFlow"      # the authors' release; its FID reference batches are under Ref/
 FEATURE_DIM = 2048
-# Bumped whenever the pipeline from pixels to features changes, so that cached
-# statistics from an older pipeline are not reused.
-PIPELINE = "uint8/255 -> bilinear 299 (align_corners=False) -> 2x-1 -> pt_inception pool3, fp32"
+PIPELINE = "uint8/255 -> bilinear 299 (align_corners=False) -> 2x-1 -> pt_inception pool3, fp32"  # in cache keys
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 DATASETS = ("cifar10-train", "cifar10-test")
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "soflow" / "fid"
 
+def first_line(e):
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+# -----------------------------------------------------------------------------
+# The FID Inception-v3: torchvision's (the weights file's keys) with the TF graph's three
+# differences: (1) the 3x3 average pools of the A, C and E blocks average the pixels inside the
+# image only; (2) the last E block (Mixed_7c) max-pools in its pool branch (the Inception paper
+# says average; FID numbers depend on it); (3) 1008 classes (unused, but in the weights).
 
-
-# ---------------------------------------------------------------------------
-# The FID Inception-v3
-# ---------------------------------------------------------------------------
-# The TF graph differs from torchvision's Inception-v3 in three places (the
-# layers and their names are otherwise the same, so torchvision's blocks are
-# reused and only the pooling branches are rewritten):
-#  1. its 3x3 average pools (the pool branch of the A, C and E blocks) average
-#     over the pixels inside the image only: count_include_pad=False;
-#  2. the last E block (Mixed_7c) uses a 3x3 *max* pool in its pool branch;
-#  3. the classifier has 1008 classes (unused for FID, but in the weights file).
-
-def avg_pool_3x3(x):
-    # TF's average pool ignores the zero padding: a border pixel is the mean of
-    # its 6 (edge) or 4 (corner) in-image neighbours, not that sum over 9.
+def avg_pool_3x3(x):    # a border pixel: the mean of its 6 (edge) or 4 (corner) in-image neighbours
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
-
-class FIDInceptionA(InceptionA):
-    """Mixed_5b/5c/5d: torchvision's InceptionA with the TF average pool."""
-
+class FIDInceptionA(tv.InceptionA):     # Mixed_5b/5c/5d
     def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(avg_pool_3x3(x))
-        return [b1, b5, b3, bp]
+        return [self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))), self.branch_pool(avg_pool_3x3(x))]
 
-
-class FIDInceptionC(InceptionC):
-    """Mixed_6b..6e: torchvision's InceptionC with the TF average pool."""
-
+class FIDInceptionC(tv.InceptionC):     # Mixed_6b..6e
     def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        b77 = self.branch7x7dbl_1(x)
-        for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            b77 = conv(b77)
-        bp = self.branch_pool(avg_pool_3x3(x))
-        return [b1, b7, b77, bp]
+        b77 = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(self.branch7x7dbl_1(x)))))
+        return [self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))), b77,
+                self.branch_pool(avg_pool_3x3(x))]
 
-
-class FIDInceptionE(InceptionE):
-    """Mixed_7b (pool='avg', the TF average pool) and Mixed_7c (pool='max').
-
-    The max pool in Mixed_7c is what the TF graph does (the Inception paper
-    describes an average pool); FID numbers depend on it, so it is kept.
-    """
-
+class FIDInceptionE(tv.InceptionE):     # Mixed_7b (pool='avg'), Mixed_7c (pool='max')
     def __init__(self, in_channels, pool):
         super().__init__(in_channels)
-        assert pool in ("avg", "max")
         self.pool = pool
 
     def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        if self.pool == "avg":
-            pooled = avg_pool_3x3(x)
-        else:
-            pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        return [b1, b3, bd, self.branch_pool(pooled)]
+        b3, bd = self.branch3x3_1(x), self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        pooled = avg_pool_3x3(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return [self.branch1x1(x), torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1),
+                torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1), self.branch_pool(pooled)]
 
-
-class FIDInception(nn.Module):
-    """The TF Inception-v3 of FID: images in [0, 1] -> 2048-d pool features.
-
-    Attribute names are those of torchvision's Inception3 (aux_logits=False),
-    which is the key layout of the pt_inception-2015-12-05 weights file:
-    Conv2d_1a_3x3.conv.weight, Conv2d_1a_3x3.bn.running_mean, ...,
-    Mixed_7c.branch_pool.bn.weight, fc.weight (1008 x 2048), fc.bias.
-    """
-
+class FIDInception(tv.Inception3):
+    """torchvision's Inception3 with the blocks above, as pytorch-fid builds it."""
+    LAYERS = ("Conv2d_1a_3x3 Conv2d_2a_3x3 Conv2d_2b_3x3 maxpool1 Conv2d_3b_1x1 Conv2d_4a_3x3 maxpool2 "
+              "Mixed_5b Mixed_5c Mixed_5d Mixed_6a Mixed_6b Mixed_6c Mixed_6d Mixed_6e Mixed_7a Mixed_7b Mixed_7c "
+              "avgpool").split()
     def __init__(self):
-        super().__init__()
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)   # 299 -> 149
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)            # -> 147
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)             # after max pool: 73
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)           # -> 71
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)               # after max pool: 35
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
-        self.Mixed_6a = InceptionB(288)                                    # -> 17
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7a = InceptionD(768)                                    # -> 8
-        self.Mixed_7b = FIDInceptionE(1280, pool="avg")
-        self.Mixed_7c = FIDInceptionE(2048, pool="max")
-        self.fc = nn.Linear(2048, 1008)  # the ImageNet classifier; FID stops before it
+        super().__init__(num_classes=1008, aux_logits=False, init_weights=False, inception_blocks=[
+            tv.BasicConv2d, FIDInceptionA, tv.InceptionB, FIDInceptionC, tv.InceptionD,
+            lambda c: FIDInceptionE(c, pool="max" if c == 2048 else "avg"), tv.InceptionAux])
 
     def forward(self, x):
-        """x: (N, 3, H, W) float in [0, 1] -> (N, 2048) features."""
-        # Preprocessing of pytorch-fid: bilinear resize to the 299 x 299 the
-        # network was trained at, then [0, 1] -> [-1, 1], the TF graph's input range.
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-                      self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-                      self.Mixed_7c):
-            x = block(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)  # "pool_3" of the TF graph
-
-
-def sha256_of(path):
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path, size, mtime_ns):  # hashed once per file version and process
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def inception_weights(path=None):
-    """The weights file: `path`, else $SOFLOW_FID_WEIGHTS, else the torch.hub
-    cache (downloaded there on first use). Raises before any compute if it
-    cannot be found or fetched."""
-    path = path or os.environ.get(WEIGHTS_ENV)
-    if path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"Inception weights file {path} does not exist (download it from {WEIGHTS_URL})")
-        return Path(path)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME
-    if cached.is_file():
-        return cached
-    log(f"downloading the FID Inception weights to {cached}")
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(WEIGHTS_URL, str(cached), hash_prefix=WEIGHTS_SHA256_PREFIX)
-    except Exception as e:  # offline, proxy, disk full, wrong hash: the same advice
-        raise FileNotFoundError(
-            f"The FID Inception weights are missing and could not be downloaded ({type(e).__name__}: {e}).\n"
-            f"Download {WEIGHTS_URL}\n"
-            f"on a machine with internet and put it at {cached}\n"
-            f"or pass --weights PATH (or set {WEIGHTS_ENV}=PATH)."
-        ) from e
-    return cached
-
+        """(N, 3, H, W) in [0, 1] -> (N, 2048), TF's 'pool_3'; pytorch-fid's input: bilinear to 299 x 299, [-1, 1]."""
+        x = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+        for name in self.LAYERS:
+            x = getattr(self, name)(x)
+        return x.flatten(1)
 
 def load_inception(weights=None, device="cpu"):
-    """FIDInception with the weights file loaded (strict: every key must match),
-    in eval mode, without gradients. `weights`: a path or None (see inception_weights)."""
-    path = inception_weights(weights)
-    with torch.device("meta"):  # no random init of 24M parameters only to overwrite them
+    """FIDInception, eval mode, no gradients, the weights loaded strictly from `weights`, else $SOFLOW_FID_WEIGHTS,
+    else the torch.hub cache (downloaded there on first use). A bad file: one line, before any compute."""
+    path = Path(weights or os.environ.get(WEIGHTS_ENV) or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME)
+    if (weights or os.environ.get(WEIGHTS_ENV)) and not path.is_file():
+        raise FileNotFoundError(f"Inception weights file {path} does not exist (download it from {WEIGHTS_URL})")
+    if not path.is_file():              # download_url_to_file shows its own progress bar
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(WEIGHTS_URL, str(path), hash_prefix=WEIGHTS_SHA256_PREFIX)
+        except (OSError, RuntimeError) as e:    # offline, proxy, disk full (OSError); wrong hash (RuntimeError)
+            raise FileNotFoundError(
+                f"the FID Inception weights are missing and could not be downloaded ({first_line(e)}): download "
+                f"{WEIGHTS_URL} and put it at {path}, or pass --weights PATH (or set {WEIGHTS_ENV}=PATH)") from e
+    with torch.device("meta"):          # no random initialisation of 24M parameters to overwrite
         model = FIDInception()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
-    model.weights_sha256 = sha256_of(path)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as e:    # damaged, or another network's
+        raise ValueError(f"{path} is not a readable {WEIGHTS_FILENAME} ({first_line(e)}); get it from {WEIGHTS_URL}")
+    with open(path, "rb") as f:
+        model.weights_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     if not model.weights_sha256.startswith(WEIGHTS_SHA256_PREFIX):
-        log(f"note: {path} is not the standard {WEIGHTS_FILENAME}; "
-            "these FIDs are not comparable with published numbers")
+        print(f"note: {path} is not {WEIGHTS_FILENAME}; these FIDs compare with no published number", file=sys.stderr)
     return model.eval().requires_grad_(False).to(device)
 
+# -----------------------------------------------------------------------------
+# Images: checked before any compute, then read batch by batch.
 
-# ---------------------------------------------------------------------------
-# Images: validated before any compute, then read batch by batch
-# ---------------------------------------------------------------------------
-
-class Images:
-    """N uint8 images of shape (H, W, 3), read as (B, H, W, 3) uint8 tensors."""
-
-    def __init__(self, name, n, batches, identity):
-        self.name, self.n, self.identity = name, n, identity
-        self._batches = batches  # (batch_size, num_workers) -> iterator of tensors
-
-    def batches(self, batch_size, num_workers=0):
-        return self._batches(batch_size, num_workers)
-
-
-def check_images(x, name="images"):
-    """Checks an in-memory image array: (N, H, W, 3), uint8, or float in [0, 1].
-    Returns it as uint8 (floats are rounded to the 8 bits every image file has)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x)
-    _check_shape(x.shape, name)
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: expected uint8 in [0, 255] or floats in [0, 1], got dtype {x.dtype}")
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
-        hint = " (images in [-1, 1]? map them with (x + 1) / 2)" if lo < 0 else ""
-        raise ValueError(f"{name}: float images must lie in [0, 1]; got values in [{lo}, {hi}]{hint}")
-    return np.round(x * 255).astype(np.uint8)
-
+class Images(NamedTuple):
+    name: str
+    n: int                  # images of shape (H, W, 3), uint8
+    batches: Callable       # (batch_size, num_workers=0) -> iterator of (B, H, W, 3) uint8 tensors
+    identity: dict | None   # what the statistics cache keys them by (None: never cached)
 
 def _check_shape(shape, name):
     if len(shape) != 4 or shape[-1] != 3:
@@ -279,66 +140,53 @@ def _check_shape(shape, name):
             hint = " Grayscale images need 3 channels: np.repeat(x[..., None], 3, -1)."
         raise ValueError(f"{name}: expected images of shape (N, H, W, 3), got {tuple(shape)}.{hint}")
     if shape[0] < 2:
-        raise ValueError(f"{name}: a covariance needs at least 2 images, got {shape[0]} "
-                         "(FID-50K uses 50,000)")
+        raise ValueError(f"{name}: a covariance needs at least 2 images, got {shape[0]} (FID-50K uses 50,000)")
 
+def check_images(x, name="images"):
+    """An array (N, H, W, 3), uint8 or floats in [0, 1], checked; as uint8 (floats rounded to 8 bits)."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+    _check_shape(x.shape, name)
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected uint8 in [0, 255] or floats in [0, 1], got dtype {x.dtype}")
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if x.dtype != np.uint8 and not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
+        hint = " (images in [-1, 1]? map them with (x + 1) / 2)" if lo < 0 else ""
+        raise ValueError(f"{name}: float images must lie in [0, 1]; got values in [{lo}, {hi}]{hint}")
+    return x if x.dtype == np.uint8 else np.round(x * 255).astype(np.uint8)
 
 def array_images(x, name="images", identity=None):
     x = check_images(x, name)
-
-    def batches(batch_size, num_workers):
-        for i in range(0, len(x), batch_size):
-            yield torch.from_numpy(x[i:i + batch_size])
-    return Images(name, len(x), batches, identity)
-
+    return Images(name, len(x), lambda b, w=0: (torch.from_numpy(x[i:i + b]) for i in range(0, len(x), b)), identity)
 
 def npz_images(path):
-    """The uint8 images under 'arr_0' of an .npz, streamed from the zip member
-    batch by batch (50,000 ImageNet images are 10 GB), checked from the header."""
-    path = Path(path)
+    """The uint8 images under 'arr_0' of an .npz, checked from the header, streamed (50,000 ImageNet images: 10 GB)."""
+    path, name = Path(path), f"{path} ['arr_0']"
     with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
         version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-    name = f"{path} ['arr_0']"
-    _check_shape(shape, name)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        (n, *shape), fortran_order, dtype = header(f)
+        offset = f.tell()
+    _check_shape((n, *shape), name)
     if dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8 images in [0, 255] (the ADM .npz format), got dtype "
-                         f"{dtype}. From floats in [0, 1]: (x * 255).round().clip(0, 255).astype(np.uint8)")
-    n, img_shape = shape[0], shape[1:]
-    st = path.stat()
-    identity = {"npz": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-    def batches(batch_size, num_workers):
-        if fortran_order:  # not what np.savez writes for a C array; read it whole
-            x = np.ascontiguousarray(np.load(path)["arr_0"])
-            yield from (torch.from_numpy(x[i:i + batch_size]) for i in range(0, n, batch_size))
+        raise ValueError(f"{name}: expected uint8 images in [0, 255] (the ADM .npz format), got dtype {dtype}. "
+                         "From floats in [0, 1]: (x * 255).round().clip(0, 255).astype(np.uint8)")
+    def batches(batch_size, num_workers=0):
+        if fortran_order:       # not what np.savez writes for a C array: read it whole
+            yield from array_images(np.load(path)["arr_0"], name).batches(batch_size)
             return
         with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
-            np.lib.format.read_magic(f)
-            read_header(f)
+            f.seek(offset)
             for i in range(0, n, batch_size):
-                b = min(batch_size, n - i)
-                buf = f.read(b * int(np.prod(img_shape)))
-                if len(buf) != b * int(np.prod(img_shape)):
+                buf = f.read(min(batch_size, n - i) * int(np.prod(shape)))
+                if len(buf) != min(batch_size, n - i) * int(np.prod(shape)):
                     raise ValueError(f"{name}: the file is truncated after {i} images")
-                yield torch.from_numpy(np.frombuffer(buf, np.uint8).reshape(b, *img_shape).copy())
-    return Images(name, n, batches, identity)
+                yield torch.frombuffer(bytearray(buf), dtype=torch.uint8).reshape(-1, *shape)
+    return Images(str(path), n, batches, {"npz": str(path.resolve()), "size": path.stat().st_size,
+                                          "mtime_ns": path.stat().st_mtime_ns})
 
-
-class _FolderDataset(torch.utils.data.Dataset):
-    def __init__(self, files):
-        self.files = files
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        from PIL import Image
-        with Image.open(self.files[i]) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
-
+def _decode(files):     # a batch of image files -> (B, H, W, 3) uint8; runs in the DataLoader's workers
+    from PIL import Image
+    return torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files]))
 
 def folder_images(path):
     """Every image file under a folder (recursively, sorted), decoded to RGB."""
@@ -349,101 +197,63 @@ def folder_images(path):
         raise ValueError(f"{path}: a covariance needs at least 2 images, found {len(files)} image files "
                          f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
     sizes = {}
-    for p in files:  # headers only: cheap, and a mixed folder fails now rather than mid-run
+    for p in files:         # headers only: cheap, and a mixed folder fails now rather than mid-run
         with Image.open(p) as im:
-            sizes.setdefault(im.size, p)
+            sizes.setdefault(im.size, p.name)
     if len(sizes) > 1:
-        examples = ", ".join(f"{p.name}: {w}x{h}" for (w, h), p in list(sizes.items())[:3])
+        examples = ", ".join(f"{p}: {w}x{h}" for (w, h), p in list(sizes.items())[:3])
         raise ValueError(f"{path}: all images must have the same size; found {len(sizes)} sizes ({examples})")
-    digest = hashlib.sha256()
-    for p in files:
-        st = p.stat()
-        digest.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    identity = {"folder": str(path.resolve()), "files": len(files), "digest": digest.hexdigest()}
-
-    def batches(batch_size, num_workers):
-        yield from torch.utils.data.DataLoader(_FolderDataset(files), batch_size=batch_size,
-                                               num_workers=num_workers, shuffle=False)
-    return Images(str(path), len(files), batches, identity)
-
+    listing = "".join(f"{p.relative_to(path)}\0{p.stat().st_size}\0{p.stat().st_mtime_ns}\n" for p in files)
+    identity = {"folder": str(path.resolve()), "digest": hashlib.sha256(listing.encode()).hexdigest()}
+    loader = lambda b, w=0: iter(torch.utils.data.DataLoader(files, batch_size=b, num_workers=w, collate_fn=_decode))
+    return Images(str(path), len(files), loader, identity)
 
 def dataset_images(name, data_root="data"):
-    """'cifar10-train' (the 50,000 training images: the FID reference of the
-    CIFAR-10 literature) or 'cifar10-test', through torchvision."""
+    """'cifar10-train' (the CIFAR-10 literature's FID reference) or 'cifar10-test', through torchvision."""
     from torchvision.datasets import CIFAR10
-    train = name == "cifar10-train"
     try:
-        data = CIFAR10(root=data_root, train=train, download=True).data  # uint8 (N, 32, 32, 3)
-    except Exception as e:
-        raise FileNotFoundError(
-            f"CIFAR-10 is not under {data_root} and could not be downloaded ({type(e).__name__}: {e}). "
-            f"Put cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz) "
-            f"or its extracted cifar-10-batches-py/ in {data_root}, or pass --data-root.") from e
+        data = CIFAR10(root=data_root, train=name == "cifar10-train", download=True).data   # uint8 (N, 32, 32, 3)
+    except (OSError, RuntimeError) as e:      # offline (OSError); a damaged archive (RuntimeError)
+        raise FileNotFoundError(f"CIFAR-10 is not under {data_root} and could not be downloaded ({first_line(e)}). "
+                                f"Put https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {data_root}, or "
+                                "pass --data_root") from e
     return array_images(data, name, identity={"dataset": name})
 
-
-# ---------------------------------------------------------------------------
-# Statistics and the Frechet distance
-# ---------------------------------------------------------------------------
+# -----------------------------------------------------------------------------
+# Statistics and the Frechet distance.
 
 class Stats(NamedTuple):
-    mu: np.ndarray        # (2048,)
-    sigma: np.ndarray     # (2048, 2048)
-    n: int | None         # number of images; None when unknown (ADM reference batches)
+    mu: np.ndarray          # (2048,)
+    sigma: np.ndarray       # (2048, 2048)
+    n: int | None           # number of images; None when unknown (ADM reference batches)
 
-
-class fp32_exact:
-    """Turns TF32 off inside (and restores the settings after).
-
-    FID is a small difference of large terms, tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
-    over 2048 dimensions, so feature errors that look harmless move it. bf16
-    keeps 8 bits of precision and TF32 11, at every operand of 94 convolutions;
-    the shift they cause depends on the GPU, the kernels and the batch size,
-    and is absent from the published numbers, which come from an fp32
-    network. Hence fp32 features with TF32 off (and no autocast).
-    """
-
-    def __enter__(self):
-        # PyTorch's default lets cuDNN run fp32 convolutions in TF32 on Ampere and later.
-        cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-        self.new_api = cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision")
-        if self.new_api:  # torch >= 2.9
-            self.saved = (torch.backends.cuda.matmul.fp32_precision, cudnn_conv.fp32_precision)
-            torch.backends.cuda.matmul.fp32_precision = "ieee"
-            cudnn_conv.fp32_precision = "ieee"
-        else:
-            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        return self
-
-    def __exit__(self, *exc):
-        if self.new_api:
-            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = self.saved
-        else:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
-
+@contextlib.contextmanager
+def fp32_exact():
+    """TF32 off inside. FID is a small difference of large terms: TF32 (11 bits) or bf16 (8) at every operand of 94
+    convolutions moves it by an amount of the GPU, kernels and batch size, absent from the published (fp32) numbers."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 @torch.no_grad()
 def activations(images, model, batch_size=200, device=None, num_workers=0, progress=True):
-    """Inception pool features of `images` (an Images, or an array accepted by
-    check_images): float32 array (N, 2048)."""
-    if not isinstance(images, Images):
-        images = array_images(images)
+    """Features (N, 2048) float32 of `images` (Images, or an array for check_images); fp32, no TF32 or autocast."""
+    images = images if isinstance(images, Images) else array_images(images)
     device = torch.device(device or next(model.parameters()).device)
-    out = np.empty((images.n, FEATURE_DIM), dtype=np.float32)
-    i = 0
-    with fp32_exact(), torch.autocast(device.type, enabled=False), \
-            tqdm(total=images.n, unit="img", desc=f"Inception features of {images.name}",
-                 disable=not progress, file=sys.stderr) as bar:
+    out, i = np.empty((images.n, FEATURE_DIM), dtype=np.float32), 0
+    bar = tqdm(total=images.n, unit="img", desc=f"Inception features of {images.name}", disable=not progress,
+               file=sys.stderr)
+    with fp32_exact(), torch.autocast(device.type, enabled=False), bar:
         for batch in images.batches(batch_size, num_workers):
-            x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
-            out[i:i + len(batch)] = model(x).cpu().numpy()
+            out[i:i + len(batch)] = model(batch.to(device).permute(0, 3, 1, 2).float() / 255).cpu().numpy()
             i += len(batch)
             bar.update(len(batch))
     assert i == images.n, f"{images.name}: read {i} images, expected {images.n}"
     return out
-
 
 def statistics_from_activations(act):
     """Mean and covariance (unbiased, np.cov) of the features, in float64."""
@@ -451,214 +261,159 @@ def statistics_from_activations(act):
     if act.ndim != 2 or len(act) < 2:
         raise ValueError(f"need an (N >= 2, D) array of features, got shape {act.shape}")
     if len(act) < FEATURE_DIM:
-        warnings.warn(f"FID from {len(act)} < {FEATURE_DIM} images: the covariance is rank-deficient and "
-                      "FID is strongly biased; only FID-50K compares with published numbers", stacklevel=2)
+        warnings.warn(f"FID from {len(act)} < {FEATURE_DIM} images: the covariance is rank-deficient and FID "
+                      "strongly biased; only FID-50K compares with published numbers", stacklevel=2)
     return Stats(act.mean(axis=0, dtype=np.float64), np.cov(act, rowvar=False), len(act))
 
-
-def _joint_range(sigma1, sigma2, rank):
-    """An orthonormal basis Q (d x rank) of range(sigma1) + range(sigma2), or
-    None when these covariances do not fit in `rank` dimensions."""
-    s = sigma1 / np.linalg.norm(sigma1) + sigma2 / np.linalg.norm(sigma2)
-    omega = np.random.default_rng(0).standard_normal((len(s), rank))
-    q = np.linalg.qr(s @ omega)[0]  # range(s omega) = range(s) when rank(s) <= rank
-    for sig in (sigma1, sigma2):
-        if np.linalg.norm(sig - q @ (q.T @ sig)) > 1e-9 * np.linalg.norm(sig):
-            return None
-    return q
-
-
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, rank=None):
-    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with (S1 S2)^(1/2) from
-    scipy.linalg.sqrtm, as in the TTUR / pytorch-fid / ADM implementations:
-    if the product is too singular for a finite square root, warn and add
-    eps to the diagonals; drop imaginary parts of round-off size.
-
-    rank: an upper bound on rank(S1) + rank(S2) when known (n1 - 1 + n2 - 1
-    for covariances of n1 and n2 images). When it is below the dimension the
-    square root is taken in the subspace spanned by both covariances, where
-    S1 S2 lives: the same trace, exactly, from a rank x rank sqrtm (a 2048 x
-    2048 one takes tens of seconds on a 2-core CPU, and is ill-conditioned
-    for so few images). FID-50K always takes the standard path.
-    """
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the root by scipy.linalg.sqrtm as in TTUR, pytorch-fid
+    and ADM (not finite: warn, add eps to the diagonals; imaginary round-off dropped). rank: a bound on
+    rank(S1) + rank(S2) (n1 - 1 + n2 - 1 for n1, n2 images); below the dimension the root is taken in the
+    span of both, where S1 S2 lives: the same trace from a small, well-conditioned sqrtm."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     d = len(mu1)
     if mu1.shape != mu2.shape or mu1.ndim != 1 or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
-                         f"sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(f"statistics do not match: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
     s1, s2 = sigma1, sigma2
-    if rank is not None and 0 < rank < d:
-        q = _joint_range(sigma1, sigma2, rank)
-        if q is not None:
+    if rank is not None and 0 < rank < d:   # an orthonormal basis q of range(S1) + range(S2), if it fits in rank
+        s = sigma1 / np.linalg.norm(sigma1) + sigma2 / np.linalg.norm(sigma2)
+        q = np.linalg.qr(s @ np.random.default_rng(0).standard_normal((d, rank)))[0]   # range(s), if rank(s) <= rank
+        if all(np.linalg.norm(sig - q @ (q.T @ sig)) <= 1e-9 * np.linalg.norm(sig) for sig in (sigma1, sigma2)):
             s1, s2 = q.T @ sigma1 @ q, q.T @ sigma2 @ q
     covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         warnings.warn(f"FID: singular product of covariances; adding {eps} to their diagonals", stacklevel=2)
-        offset = eps * np.eye(len(s1))
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+        covmean = linalg.sqrtm((s1 + eps * np.eye(len(s1))) @ (s2 + eps * np.eye(len(s1))))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"FID: sqrtm has an imaginary component of {np.max(np.abs(covmean.imag))}")
         covmean = covmean.real
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
-# ---------------------------------------------------------------------------
-# Sources, statistics files and the cache
-# ---------------------------------------------------------------------------
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 def save_statistics(path, stats, key=None):
-    """Writes mu, sigma (the ADM reference format), n and the key (JSON) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=-1 if stats.n is None else stats.n,
-             key=json.dumps(key or {}, sort_keys=True))
+    """mu, sigma (the ADM reference format), n and the cache key (JSON), written atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n or -1, key=json.dumps(key or {}, sort_keys=True))
     os.replace(tmp, path)
-
 
 def load_statistics(path):
     """(Stats, key dict) from an .npz with 'mu' and 'sigma' (ours or ADM's)."""
     with np.load(path, allow_pickle=False) as f:
-        stats = Stats(f["mu"].astype(np.float64), f["sigma"].astype(np.float64),
-                      int(f["n"]) if "n" in f.files and int(f["n"]) > 0 else None)
+        n = int(f["n"]) if "n" in f.files else -1
+        stats = Stats(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), n if n > 0 else None)
         key = json.loads(str(f["key"])) if "key" in f.files else {}
-    d = stats.mu.shape
-    if stats.mu.ndim != 1 or stats.sigma.shape != d + d:
-        raise ValueError(f"{path}: 'mu' {stats.mu.shape} and 'sigma' {stats.sigma.shape} "
-                         "are not a mean and its covariance")
+    if stats.mu.ndim != 1 or stats.sigma.shape != stats.mu.shape * 2:
+        raise ValueError(f"{path}: 'mu' {stats.mu.shape} and 'sigma' {stats.sigma.shape} are not a mean and its "
+                         "covariance")
     return stats, key
 
-
-class Source(NamedTuple):
-    name: str
-    images: Images | None    # images to compute statistics from, or
-    stats_file: Path | None  # a file of precomputed statistics
-
+def hub_file(spec):
+    """'zlab-princeton/SoFlow/Ref/cifar10.npz' (or 'Ref/cifar10.npz', when no such local path exists): that file
+    of the authors' Hugging Face repository, downloaded once into the usual hub cache. None for other names."""
+    if Path(spec).exists() or not str(spec).startswith((f"{HUB_REPO}/", "Ref/")):
+        return None
+    import huggingface_hub
+    filename = str(spec).removeprefix(f"{HUB_REPO}/")
+    try:
+        return Path(huggingface_hub.hf_hub_download(HUB_REPO, filename))
+    except (OSError, huggingface_hub.errors.EntryNotFoundError) as e:     # offline, no such file, ...
+        raise FileNotFoundError(f"{spec}: could not fetch {filename} from the Hugging Face repository {HUB_REPO} "
+                                f"({first_line(e)}); download https://huggingface.co/{HUB_REPO}/resolve/main/"
+                                f"{filename} by hand and pass its path") from e
 
 def open_source(spec, data_root="data"):
-    """A dataset name, an .npz (images under 'arr_0', or 'mu' and 'sigma'), or
-    an image folder; checked now, so that a bad input fails before any compute."""
+    """Images (of a dataset name, an .npz with 'arr_0', a folder, an array, a hub_file) or the Path of an .npz
+    of statistics ('mu', 'sigma'), checked now."""
     if isinstance(spec, str) and spec in DATASETS:
-        return Source(spec, dataset_images(spec, data_root), None)
+        return dataset_images(spec, data_root)
     if not isinstance(spec, (str, Path)):
-        return Source("images", array_images(spec), None)
-    path = Path(spec)
+        return array_images(spec)
+    path = hub_file(spec) or Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected an .npz, an image folder or one of {DATASETS})")
+        raise FileNotFoundError(f"{path} does not exist (expected an .npz, an image folder, one of {DATASETS} "
+                                f"or a file of {HUB_REPO} such as Ref/cifar10.npz)")
     if path.is_dir():
-        return Source(str(path), folder_images(path), None)
+        return folder_images(path)
     try:
         with zipfile.ZipFile(path) as z:
             keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
     except zipfile.BadZipFile:
-        raise ValueError(f"{path} is not an .npz file (nor a folder, nor one of {DATASETS})") from None
+        raise ValueError(f"{path} is not a readable .npz file (nor a folder, nor one of {DATASETS})") from None
     if "mu" in keys and "sigma" in keys:
-        load_statistics(path)  # shapes checked now
-        return Source(str(path), None, path)
+        load_statistics(path)       # shapes checked now
+        return path
     if "arr_0" in keys:
-        return Source(str(path), npz_images(path), None)
+        return npz_images(path)
     raise ValueError(f"{path} has neither images under 'arr_0' nor statistics 'mu' and 'sigma' (keys: {keys})")
 
-
 def statistics(source, model, batch_size=200, device=None, num_workers=0, cache_dir=None, progress=True):
-    """Stats of a Source (see open_source); model from load_inception (None
-    only for a statistics file). Statistics computed from images are
-    cached in cache_dir (None: no cache) under a key made of the source's
-    identity (dataset name; file path, size and time; folder listing), the
-    weights file's SHA-256 and the preprocessing, so that a changed source or
-    another weights file never reuses them."""
-    if source.stats_file is not None:
-        stats, key = load_statistics(source.stats_file)
+    """(Stats, key) of what open_source returns; model from load_inception (None for a statistics file). Those of
+    images are cached in cache_dir (None: not) keyed by the images' identity, the weights' SHA-256 and the pipeline."""
+    if not isinstance(source, Images):
+        stats, key = load_statistics(source)
         if model is not None and key.get("weights_sha256") not in (None, model.weights_sha256):
-            log(f"warning: {source.name} was computed with other Inception weights "
-                f"(sha256 {key['weights_sha256'][:12]}...)")
-        return stats
-    key = {"source": source.images.identity, "weights_sha256": model.weights_sha256, "pipeline": PIPELINE}
-    cache = None
-    if cache_dir is not None and source.images.identity is not None:
-        tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        label = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source.name).name)[:40]
-        cache = Path(cache_dir) / f"{label}-{tag}.npz"
-        if cache.is_file():
-            stats, cached_key = load_statistics(cache)
-            if cached_key == key:
-                log(f"using cached statistics of {source.name}: {cache}")
-                return stats
-    act = activations(source.images, model, batch_size, device, num_workers, progress)
-    stats = statistics_from_activations(act)
+            print(f"warning: {source} was computed with other Inception weights", file=sys.stderr)
+        return stats, key
+    key = {"source": source.identity, "weights_sha256": model.weights_sha256, "pipeline": PIPELINE}
+    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source.name).name)[:40]
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"{label}-{tag}.npz" if cache_dir is not None and source.identity is not None else None
+    stats, cached_key = load_statistics(cache) if cache is not None and cache.is_file() else (None, None)
+    if cached_key == key:
+        print(f"using cached statistics of {source.name}: {cache}", file=sys.stderr)
+        return stats, key
+    stats = statistics_from_activations(activations(source, model, batch_size, device, num_workers, progress))
     if cache is not None:
         save_statistics(cache, stats, key)
-        log(f"cached statistics of {source.name}: {cache}")
-    return stats
-
+        print(f"cached statistics of {source.name}: {cache}", file=sys.stderr)
+    return stats, key
 
 def compute_fid(samples, ref, weights=None, batch_size=200, device=None, num_workers=0, data_root="data",
                 cache_dir=DEFAULT_CACHE_DIR, progress=True):
-    """FID of `samples` against `ref` (each: anything open_source takes, or a
-    uint8 / [0, 1]-float array (N, H, W, 3)). Inputs are checked, and the
-    weights found, before any compute."""
+    """FID of `samples` against `ref` (each anything open_source takes), all checked before any compute."""
     sources = [open_source(s, data_root) for s in (samples, ref)]
-    model = None
-    if any(s.images is not None for s in sources):
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_inception(weights, device)
-    s1, s2 = (statistics(s, model, batch_size, device, num_workers, cache_dir, progress) for s in sources)
-    rank = s1.n - 1 + s2.n - 1 if s1.n and s2.n else None
-    return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma, rank=rank)
-
-
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_inception(weights, device) if any(isinstance(s, Images) for s in sources) else None
+    (s1, _), (s2, _) = (statistics(s, model, batch_size, device, num_workers, cache_dir, progress) for s in sources)
+    return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma, rank=s1.n - 1 + s2.n - 1 if s1.n and s2.n else None)
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FID with the TF Inception-v3 of the literature (pytorch-fid weights).")
-    p.add_argument("source", help="samples: an .npz of uint8 images (N, H, W, 3) under 'arr_0', an image "
-                                  "folder, an .npz of statistics, or " + " / ".join(DATASETS))
-    p.add_argument("--ref", help=" / ".join(DATASETS) + ", an image folder, an .npz of images ('arr_0') or of "
-                                 "statistics ('mu', 'sigma'), e.g. VIRTUAL_imagenet256_labeled.npz")
-    p.add_argument("--save-stats", metavar="OUT.npz", help="write the statistics of SOURCE to OUT.npz "
-                                                           "(usable as --ref) instead of computing a FID")
-    p.add_argument("--weights", metavar="PATH", help=f"a local {WEIGHTS_FILENAME} (default: ${WEIGHTS_ENV}, "
-                                                     "else the torch.hub cache, downloaded there on first use)")
-    p.add_argument("--batch-size", type=int, default=200, help="(default: 200)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="(default: cuda if available, else cpu)")
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="image-decoding processes for folders (default: min(8, CPUs))")
-    p.add_argument("--data-root", default="data", help="where CIFAR-10 is, downloaded there if missing "
-                                                       "(default: data)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
-                   help=f"statistics computed from images are cached here (default: {DEFAULT_CACHE_DIR})")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached statistics")
+    p = argparse.ArgumentParser(prog="fid.py", description="FID with the TF Inception-v3 of the literature.")
+    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
+    p.add_argument("source", help="an .npz of images (N, H, W, 3) under 'arr_0' or of statistics, a folder, a dataset")
+    p.add_argument("--ref", help=f"the same, or a file of {HUB_REPO} on the hub: Ref/cifar10.npz, {HUB_REPO}/Ref/...")
+    p.add_argument("--save_stats", metavar="OUT.npz", help="write SOURCE's statistics (usable as --ref); no FID")
+    p.add_argument("--weights", metavar="PATH", help=f"{WEIGHTS_FILENAME} (default: ${WEIGHTS_ENV}, else torch.hub's)")
+    p.add_argument("--batch_size", type=int, default=200, help="(default: 200)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: cuda if any)")
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding folders' images")
+    p.add_argument("--data_root", default="data", help="where CIFAR-10 is, or is downloaded to (default: data)")
+    p.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="statistics of images are cached here")
+    p.add_argument("--no_cache", action="store_true", help="neither read nor write cached statistics")
     args = p.parse_args(argv)
     if (args.ref is None) == (args.save_stats is None):
-        p.error("give exactly one of --ref REF (compute a FID) and --save-stats OUT.npz")
-    if args.batch_size < 1:
-        p.error("--batch-size must be positive")
-    cache_dir = None if args.no_cache else args.cache_dir
-    opts = dict(batch_size=args.batch_size, device=args.device, num_workers=args.num_workers, cache_dir=cache_dir)
-
-    if args.save_stats is not None:
+        p.error("give exactly one of --ref REF (compute a FID) and --save_stats OUT.npz")
+    if args.batch_size < 1 or args.num_workers < 0:
+        p.error(f"--batch_size={args.batch_size} must be >= 1 and --num_workers={args.num_workers} >= 0")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device) or args.device != "cpu" and not torch.cuda.is_available():
+        p.error(f"--device={args.device}: use cpu, or cuda / cuda:N where a CUDA device exists")
+    opts = dict(batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+                cache_dir=None if args.no_cache else args.cache_dir)
+    try:                        # wrong input (a path, a file, the weights, the data): one line, no traceback
+        if args.save_stats is None:
+            value = compute_fid(args.source, args.ref, weights=args.weights, data_root=args.data_root, **opts)
+            print(f"FID: {value:.4f}")
+            return value
         source = open_source(args.source, args.data_root)
-        if source.images is None:
+        if not isinstance(source, Images):
             p.error(f"{args.source} already holds statistics")
-        model = load_inception(args.weights, args.device)
-        stats = statistics(source, model, **opts)
-        key = {"source": source.images.identity, "weights_sha256": model.weights_sha256, "pipeline": PIPELINE}
+        stats, key = statistics(source, load_inception(args.weights, args.device), **opts)
         save_statistics(args.save_stats, stats, key)
         print(f"wrote the statistics of {stats.n} images of {source.name} to {args.save_stats}")
-        return None
-
-    t0 = time.time()
-    value = compute_fid(args.source, args.ref, weights=args.weights, data_root=args.data_root, **opts)
-    log(f"computed in {time.time() - t0:.1f} s")
-    print(f"FID: {value:.4f}")
-    return value
-
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{p.prog}: error: {e}") from None
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,11 @@
 """Tests of dit.py: parameter counts and FLOPs against the paper's Table 4 and the
-released networks (SPEC section 8), the checkpoint layout built by hand from SPEC
-section 9, a second, functional implementation of the forward pass written from the
-description, the 2-D sin-cos positions against an independent formula, conditioning,
+released networks' counts, the checkpoint layout (with and without the null label's row)
+built by hand from the naming rules of the released checkpoints, a second, functional
+implementation of the forward pass written from the description, the 2-D sin-cos
+positions against an independent formula, conditioning, the constructor's checks,
 gradients, attention paths, bf16 autocast, torch.compile, and soflow_loss / jvp."""
 
+import inspect
 import math
 
 import numpy as np
@@ -15,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dit
 import soflow
 
-PAPER = {  # Table 4: parameters (M), GFLOPs; released counts (M) of SPEC section 8
+PAPER = {  # Table 4: parameters (M), GFLOPs; the released networks' counts (M), measured on their files
     "B/4": (131, 5.6, 131.21), "B/2": (131, 23.1, 131.29), "M/2": (308, 54.0, 308.28),
     "L/2": (459, 119.0, 459.40), "XL/2": (676, 119.0, 676.74),
 }
@@ -88,16 +90,30 @@ def test_tiny_configurations_shapes_and_flops(name):
         with torch.device("meta"):
             model(torch.empty(1, 4, 32, 32), torch.empty(1), torch.empty(1))
     assert counter.get_total_flops() == 2 * dit.flops(name)
-    assert model.config == {**dit.DIT_DEFAULTS, **dit.DIT_CONFIGS[name]}
+    defaults = {k: p.default for k, p in inspect.signature(dit.DiT).parameters.items()}
+    assert model.config == {**defaults, **dit.DIT_CONFIGS[name]}     # every constructor argument
     rebuilt = dit.DiT(**{**model.config, "attn": "math"})
     assert rebuilt.config["attn"] == "math"
 
-# ------------------------------------------------- checkpoint layout (SPEC section 9)
 
-def expected_layout(D, depth, p, C, K, T):
-    """name -> shape from SPEC section 9's naming rules, written out by hand."""
+def test_flops_match_torch_flop_counter_on_a_small_network_with_math_attention():
+    """A real forward pass on the CPU (not the meta device), math attention, both label tables."""
+    for null_label in (True, False):
+        model = dit.DiT(**{**TINY, "patch_size": 2, "attn": "math", "null_label": null_label})
+        x, t, s, y = inputs()
+        with FlopCounterMode(display=False) as counter:
+            model(x, t, s, y)
+        assert counter.get_total_flops() == 2 * dit.flops(model, batch=3) == 2 * 3 * dit.flops(model.config)
+    # a partial config: the constructor's defaults fill in the rest (4 latent channels, MLP ratio 4, ...)
+    partial = dict(input_size=8, depth=2, hidden_size=64, num_heads=4)
+    assert dit.flops(partial) == dit.flops(dit.DiT(**partial))
+
+# ------------------------------------------------- checkpoint layout (the released files)
+
+def expected_layout(D, depth, p, C, K, T, null_rows=1):
+    """name -> shape from the released checkpoints' naming rules, written out by hand."""
     e = {"x_embedder.proj.weight": (D, C, p, p), "x_embedder.proj.bias": (D,),
-         "pos_embed": (1, T, D), "y_embedder.embedding_table.weight": (K + 1, D),
+         "pos_embed": (1, T, D), "y_embedder.embedding_table.weight": (K + null_rows, D),
          "final_layer.adaLN_modulation.1.weight": (2 * D, D), "final_layer.adaLN_modulation.1.bias": (2 * D,),
          "final_layer.linear.weight": (p * p * C, D), "final_layer.linear.bias": (p * p * C,)}
     for emb in ("t_embedder", "s_embedder"):
@@ -120,6 +136,9 @@ def test_state_dict_layout_matches_the_released_checkpoints():
     assert got == expected_layout(D=1152, depth=28, p=2, C=4, K=1000, T=256)
     got = {k: tuple(v.shape) for k, v in tiny().state_dict().items()}
     assert got == expected_layout(D=64, depth=2, p=2, C=4, K=10, T=16)
+    # trained without label dropout (the authors' table has num_classes + (dropout > 0) rows)
+    got = {k: tuple(v.shape) for k, v in tiny(null_label=False).state_dict().items()}
+    assert got == expected_layout(D=64, depth=2, p=2, C=4, K=10, T=16, null_rows=0)
 
 
 def test_released_state_dict_loads_strictly_and_computes_the_same_function():
@@ -138,10 +157,33 @@ def test_released_state_dict_loads_strictly_and_computes_the_same_function():
     with pytest.raises(RuntimeError, match="Missing key"):
         dit.load_released_state_dict(target, missing)
 
+
+def test_a_table_without_the_null_row_loads_strictly_and_needs_labels():
+    """A configuration trained without label dropout: num_classes rows, no null label."""
+    source = randomize_zero_layers(tiny(seed=3, null_label=False))
+    released = {"network." + k: v.clone() for k, v in source.state_dict().items()}
+    assert released["network.y_embedder.embedding_table.weight"].shape == (10, 64)
+    target = tiny(seed=4, null_label=False)
+    dit.load_released_state_dict(target, released)
+    x, t, s, y = inputs()
+    assert torch.equal(target(x, t, s, y), source(x, t, s, y))
+    with pytest.raises(RuntimeError, match="size mismatch"):          # the default table has 11 rows
+        dit.load_released_state_dict(tiny(), released)
+    with pytest.raises(ValueError, match="null_label=False"):
+        target(x, t, s, None)
+    # the same weights with a null row appended compute the same for every real label
+    with_null = tiny(seed=5)
+    sd = target.state_dict()
+    sd["y_embedder.embedding_table.weight"] = torch.cat([sd["y_embedder.embedding_table.weight"],
+                                                        torch.randn(1, 64)])
+    with_null.load_state_dict(sd, strict=True)
+    assert torch.equal(with_null(x, t, s, y), target(x, t, s, y))
+    assert target.config["null_label"] is False and dit.DiT(**target.config).y_embedder.embedding_table.num_embeddings == 10
+
 # ------------------------------------------------- the function, independently
 
 def reference_forward(sd, D, heads, p, x, t, s, y):
-    """DiT written out from the description (SPEC sections 8 and 9) with different
+    """DiT written out from its description (the DiT paper, the authors' dit.py) with different
     operations: patches by unfold, layer norm and tanh-GELU by hand, heads by a loop."""
     N, C, H, _ = x.shape
     g = H // p
@@ -239,7 +281,7 @@ def test_initialisation_is_dit_and_the_output_is_zero():
     assert abs(model.y_embedder.embedding_table.weight.std().item() - 0.02) < 0.002
     assert abs(model.t_embedder.mlp[0].weight.std().item() - 0.02) < 0.002
     assert abs(model.s_embedder.mlp[2].weight.std().item() - 0.02) < 0.004
-    assert model.y_embedder.embedding_table.weight.shape[0] == 1001
+    assert model.y_embedder.embedding_table.weight.shape[0] == 1001           # the null row by default
 
 
 def test_output_reacts_to_t_s_and_y_and_none_is_the_null_label():
@@ -282,10 +324,29 @@ def test_bad_inputs_are_rejected():
         model(x, t, s, y.float())
     with pytest.raises(ValueError, match="unknown DiT"):
         dit.dit_from_name("H/2")
+    with pytest.raises(ValueError, match="unknown DiT"):
+        dit.flops("H/2")
     with pytest.raises(ValueError, match="attention mode"):
         dit.set_attention(model, "flash")
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="patch_size=4 does not divide input_size=30"):
         dit.DiT(input_size=30, patch_size=4)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(depth=0), "depth=0"), (dict(num_heads=0), "num_heads=0"), (dict(depth=2.0), "depth=2.0"),
+    (dict(hidden_size=60, num_heads=8), "hidden_size=60.*num_heads=8"), (dict(hidden_size=6, num_heads=3), "hidden_size=6"),
+    (dict(patch_size=3), "patch_size=3 does not divide input_size=8"), (dict(patch_size=0), "patch_size=0"),
+    (dict(input_size=-8), "input_size=-8"), (dict(in_channels=0), "in_channels=0"), (dict(num_classes=0), "num_classes=0"),
+    (dict(mlp_ratio=-1.0), "mlp_ratio=-1.0"), (dict(mlp_ratio=float("nan")), "mlp_ratio=nan"),
+    (dict(mlp_ratio="4"), "mlp_ratio='4'"), (dict(null_label="no"), "null_label='no'"), (dict(attn="flash"), "attn='flash'"),
+])
+def test_bad_constructor_values_are_refused_before_anything_is_built(kw, match, monkeypatch):
+    def built(*args, **kwargs):
+        raise AssertionError("a layer was built before the arguments were checked")
+    monkeypatch.setattr(dit.TimestepEmbedder, "__init__", built)
+    monkeypatch.setattr(dit.DiTBlock, "__init__", built)
+    with pytest.raises(ValueError, match=match):
+        dit.DiT(**{**TINY, **kw})
 
 # ------------------------------------------------- attention paths, precision, compile
 

@@ -1,12 +1,17 @@
 """Tests of fid.py: the Frechet distance against closed forms, the Inception
-layout and its FID-specific blocks, the input checks, the cache, and the
-command line end to end on tiny images with random Inception weights."""
+layout and its FID-specific blocks, the input checks, the cache, the authors'
+reference batches from the Hugging Face hub (with the download replaced), the
+command line end to end on tiny images with random Inception weights, and its
+errors: one line, a non-zero exit, no traceback."""
 
 import os
 import pickle
 import re
+import subprocess
+import sys
 import urllib.error
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -333,6 +338,15 @@ def images(seed, n, size=32, offset=0):
     return np.round(out).astype(np.uint8)
 
 
+def one_line_exit(argv, match):
+    """fid.main ends with one line naming the problem: SystemExit(str), printed without a traceback."""
+    with pytest.raises(SystemExit) as err:
+        fid.main(argv)
+    msg = err.value.code
+    assert isinstance(msg, str) and "\n" not in msg and re.search(match, msg), msg
+    return msg
+
+
 @pytest.mark.parametrize("array, match", [
     (np.zeros((4, 32, 32), np.uint8), r"\(N, H, W, 3\).*Grayscale"),
     (np.zeros((4, 3, 32, 32), np.uint8), r"\(N, 3, H, W\); transpose"),
@@ -343,8 +357,10 @@ def images(seed, n, size=32, offset=0):
 def test_bad_npz_is_refused_before_compute(tmp_path, no_compute, array, match):
     path = tmp_path / "samples.npz"
     np.savez(path, arr_0=array)
-    with pytest.raises(ValueError, match=match):  # checked before the weights are looked for
-        fid.main([str(path), "--ref", str(path), "--weights", "/nonexistent.pth"])
+    # checked before the weights are looked for
+    one_line_exit([str(path), "--ref", str(path), "--weights", "/nonexistent.pth"], match)
+    with pytest.raises(ValueError, match=match):
+        fid.open_source(path)
 
 
 def test_bad_sources_are_refused(tmp_path, no_compute):
@@ -352,7 +368,7 @@ def test_bad_sources_are_refused(tmp_path, no_compute):
     with pytest.raises(ValueError, match=r"neither images under 'arr_0'.*'images'"):
         fid.open_source(tmp_path / "other.npz")
     (tmp_path / "not.npz").write_text("hello")
-    with pytest.raises(ValueError, match="not an .npz"):
+    with pytest.raises(ValueError, match="not a readable .npz"):
         fid.open_source(tmp_path / "not.npz")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fid.open_source(tmp_path / "missing.npz")
@@ -367,6 +383,16 @@ def test_bad_sources_are_refused(tmp_path, no_compute):
     Image.fromarray(images(0, 1, size=16)[0]).save(folder / "b.png")
     with pytest.raises(ValueError, match="same size"):
         fid.open_source(folder)
+    # the same through the command line: one line naming the file, on either side
+    (tmp_path / "empty.npz").write_bytes(b"")
+    np.savez(tmp_path / "whole.npz", arr_0=images(0, 4))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:3000])   # an interrupted copy
+    np.savez(tmp_path / "good.npz", mu=np.zeros(4), sigma=np.eye(4))
+    for bad, match in (("other.npz", "neither images"), ("not.npz", "not a readable .npz"), ("empty.npz", "not a readable .npz"), ("cut.npz", "not a readable .npz"),
+                       ("missing.npz", "does not exist"), ("stats.npz", "not a mean and its covariance"),
+                       ("folder", "same size")):
+        one_line_exit([str(tmp_path / bad), "--ref", "cifar10-test"], f"{bad}.*{match}")
+        one_line_exit([str(tmp_path / "good.npz"), "--ref", str(tmp_path / bad)], f"{bad}.*{match}")
 
 
 def test_bad_arrays_are_refused(no_compute):
@@ -381,7 +407,7 @@ def test_bad_arrays_are_refused(no_compute):
     assert ok.dtype == np.uint8 and np.array_equal(ok, np.round((x + 1) / 2 * 255).astype(np.uint8))
 
 
-def test_missing_weights_offline_says_where_to_get_them(tmp_path, monkeypatch, no_compute):
+def test_missing_weights_offline_says_where_to_get_them(tmp_path, monkeypatch, no_compute, capsys):
     monkeypatch.delenv(fid.WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
@@ -389,16 +415,85 @@ def test_missing_weights_offline_says_where_to_get_them(tmp_path, monkeypatch, n
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     np.savez(tmp_path / "s.npz", arr_0=images(0, 3))
-    with pytest.raises(FileNotFoundError) as err:
-        fid.main([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--no-cache"])
-    msg = str(err.value)
+    msg = one_line_exit([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--no_cache"], "weights")
     for part in (fid.WEIGHTS_URL, str(tmp_path / "hub" / "checkpoints" / fid.WEIGHTS_FILENAME),
                  "--weights", fid.WEIGHTS_ENV, "no network"):
         assert part in msg
-    with pytest.raises(FileNotFoundError, match="nope.pth does not exist"):
-        fid.main([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--weights", "nope.pth"])
-    with pytest.raises(SystemExit):
-        fid.main([str(tmp_path / "s.npz")])  # neither --ref nor --save-stats
+    with pytest.raises(FileNotFoundError, match="the FID Inception weights are missing"):
+        fid.load_inception()
+    one_line_exit([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--weights", "nope.pth"],
+                  "nope.pth does not exist")
+    monkeypatch.setenv(fid.WEIGHTS_ENV, str(tmp_path / "env.pth"))
+    one_line_exit([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz")], "env.pth does not exist")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:     # argparse's own errors: one line too, exit status 2
+        fid.main([str(tmp_path / "s.npz")])
+    text = capsys.readouterr().err
+    assert err.value.code == 2 and text.count("\n") == 1 and "exactly one of --ref REF" in text and "--save_stats" in text
+
+
+def test_damaged_or_foreign_weights_files_are_one_line_errors(tmp_path, no_compute):
+    np.savez(tmp_path / "s.npz", arr_0=images(0, 3))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save(layout_state_dict(), tmp_path / "full.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "full.pth").read_bytes()[:5000])
+    torch.save({"fc.weight": torch.zeros(1008, 2048)}, tmp_path / "other.pth")
+    for name in ("empty.pth", "cut.pth", "other.pth"):
+        one_line_exit([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), "--weights", str(tmp_path / name),
+                       "--no_cache"], f"{name} is not a readable {fid.WEIGHTS_FILENAME}.*{re.escape(fid.WEIGHTS_URL)}")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--batch_size=0"], r"--batch_size=0 must be >= 1"),
+    (["--num_workers=-1"], r"--num_workers=-1 >= 0"),
+    (["--batch_size=two"], r"--batch_size: invalid int value: 'two'"),
+    (["--device=gpu7"], r"--device=gpu7: use cpu"),
+    (["--device=cuda:x"], r"--device=cuda:x: use cpu"),
+    (["--device=cuda"] if not torch.cuda.is_available() else ["--device=cuda:99"], r"--device=cuda"),
+    (["--bogus=1"], r"unrecognized arguments: --bogus=1"),
+    (["--batch-size=4"], r"unrecognized arguments: --batch-size=4"),      # one spelling: underscores
+])
+def test_bad_options_are_one_line(tmp_path, args, match, capsys, no_compute):
+    np.savez(tmp_path / "s.npz", arr_0=images(0, 3))
+    if args == ["--device=cuda:99"]:
+        pytest.skip("a machine with CUDA: a missing device index fails only when used")
+    with pytest.raises(SystemExit) as err:
+        fid.main([str(tmp_path / "s.npz"), "--ref", str(tmp_path / "s.npz"), *args])
+    assert err.value.code == 2
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and re.search(match, err_text) and "--help" in err_text, err_text
+
+
+def test_help_and_a_missing_file(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as err:
+        fid.main(["--help"])
+    out = capsys.readouterr().out
+    assert err.value.code == 0 and "--save_stats" in out and "--batch_size" in out and "--data_root" in out
+    monkeypatch.chdir(tmp_path)
+    one_line_exit(["missing.npz", "--ref", "X"], r"^fid.py: error: missing.npz does not exist")
+
+
+def test_command_line_errors_in_real_processes(tmp_path):
+    """What a user sees, in a process of its own: weights that cannot be downloaded and a reference
+    that cannot be fetched from the hub are one line each, exit 1, no traceback. The processes run side by side (each spends seconds importing torch)."""
+    np.savez(tmp_path / "s.npz", arr_0=images(0, 3))
+    offline = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+               "HTTPS_PROXY": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+               "SOFLOW_FID_WEIGHTS": ""}
+    runs = [["s.npz", "--ref", "s.npz", "--no_cache"], ["s.npz", "--ref", "Ref/cifar10.npz"]]
+    procs = [subprocess.Popen([sys.executable, str(Path(fid.__file__)), *args], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **offline})
+             for args in runs]
+    errors = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, errors):
+        assert p.returncode == 1 and "Traceback" not in err, err
+    weights, hub = (err.strip().splitlines() for _, err in errors)
+    assert len(weights) == 1 and "the FID Inception weights are missing and could not be downloaded" in weights[0]
+    assert fid.WEIGHTS_URL in weights[0] and "--weights" in weights[0] and fid.WEIGHTS_ENV in weights[0]
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / fid.WEIGHTS_FILENAME) in weights[0]
+    assert len(hub) == 1 and "Ref/cifar10.npz: could not fetch Ref/cifar10.npz from the Hugging Face " \
+        "repository zlab-princeton/SoFlow" in hub[0]
+    assert "https://huggingface.co/zlab-princeton/SoFlow/resolve/main/Ref/cifar10.npz" in hub[0]
 
 
 # ---------------------------------------------------------------------------
@@ -420,15 +515,15 @@ def test_cifar10_train_images(tmp_path, monkeypatch):
     # the md5 checks cannot pass on fake files: accept any file that exists
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
     src = fid.open_source("cifar10-train", data_root=str(root))
-    assert src.images.n == 5 and src.images.identity == {"dataset": "cifar10-train"}
-    got = torch.cat(list(src.images.batches(2))).numpy()
+    assert src.n == 5 and src.identity == {"dataset": "cifar10-train"}
+    got = torch.cat(list(src.batches(2))).numpy()
     assert np.array_equal(got, imgs[:5])
     # missing and not downloadable: the error says what to put where
 
     def offline(self):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-python.tar.gz.*--data-root"):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-python.tar.gz.*--data_root"):
         fid.open_source("cifar10-train", data_root=str(tmp_path / "empty"))
 
 
@@ -458,7 +553,7 @@ def test_statistics_cache_is_keyed_by_source_and_weights(tmp_path, capsys):
     np.savez(path, arr_0=images(0, 5))
 
     def stats(model):
-        return fid.statistics(fid.open_source(path), model, batch_size=2, cache_dir=cache, progress=False)
+        return fid.statistics(fid.open_source(path), model, batch_size=2, cache_dir=cache, progress=False)[0]
     first = stats(net)
     assert net.calls == 5 and len(list(cache.glob("*.npz"))) == 1
     again = stats(net)
@@ -479,9 +574,10 @@ def test_statistics_cache_is_keyed_by_source_and_weights(tmp_path, capsys):
     # a statistics file records its weights; used with others, it is flagged
     fid.save_statistics(tmp_path / "ref_stats.npz", first, {"weights_sha256": net.weights_sha256})
     ref = fid.open_source(tmp_path / "ref_stats.npz")
-    assert ref.images is None and ref.stats_file == tmp_path / "ref_stats.npz"
+    assert ref == tmp_path / "ref_stats.npz"                  # a statistics file, not images
     capsys.readouterr()
-    loaded = fid.statistics(ref, net)
+    loaded, key = fid.statistics(ref, net)
+    assert key == {"weights_sha256": net.weights_sha256}
     assert np.array_equal(loaded.sigma, first.sigma) and loaded.n == 5
     assert "other Inception weights" not in capsys.readouterr().err
     fid.statistics(ref, other)
@@ -519,15 +615,15 @@ def count_images(monkeypatch):
 def test_command_line_end_to_end(e2e, monkeypatch, capsys):
     tmp, samples, refs = e2e
     seen = count_images(monkeypatch)
-    common = ["--weights", str(tmp / "weights0.pth"), "--cache-dir", str(tmp / "cache"), "--device", "cpu",
-              "--batch-size", "4", "--num-workers", "0"]
+    common = ["--weights", str(tmp / "weights0.pth"), "--cache_dir", str(tmp / "cache"), "--device", "cpu",
+              "--batch_size=4", "--num_workers", "0"]
 
     # samples.npz against an image folder
     value = fid.main([str(tmp / "samples.npz"), "--ref", str(tmp / "ref"), *common])
     out = capsys.readouterr()
     assert seen["n"] == 10
     assert re.search(r"FID: (\S+)", out.out).group(1) == f"{value:.4f}"
-    assert "not the standard" in out.err  # random weights are flagged as such
+    assert f"is not {fid.WEIGHTS_FILENAME}" in out.err  # random weights are flagged as such
     # the same number from features computed here and a formula without sqrtm
     model = fid.FIDInception().eval()
     model.load_state_dict(torch.load(tmp / "weights0.pth", weights_only=True))
@@ -546,10 +642,89 @@ def test_command_line_end_to_end(e2e, monkeypatch, capsys):
     assert seen["n"] == 5 and v_npz == pytest.approx(value, rel=1e-6)
     seen["n"] = 0
 
-    # --save-stats, then a reference .npz of statistics ('mu', 'sigma')
-    fid.main(["--save-stats", str(tmp / "ref_stats.npz"), str(tmp / "ref"), *common])
+    # --save_stats, then a reference .npz of statistics ('mu', 'sigma')
+    fid.main(["--save_stats", str(tmp / "ref_stats.npz"), str(tmp / "ref"), *common])
     with np.load(tmp / "ref_stats.npz") as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048) and int(f["n"]) == 5
         assert np.allclose(f["mu"], f_r.mean(0), atol=1e-5)
     v_stats = fid.main([str(tmp / "samples.npz"), "--ref", str(tmp / "ref_stats.npz"), *common])
     assert seen["n"] == 0 and v_stats == pytest.approx(value, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------
+# The authors' reference batches on the Hugging Face hub (the download replaced)
+# ---------------------------------------------------------------------------
+
+def test_ref_names_a_released_reference_batch_fetched_from_the_hub(e2e, monkeypatch, capsys, tmp_path):
+    import huggingface_hub
+    tmp, samples, refs = e2e
+    common = ["--weights", str(tmp / "weights0.pth"), "--device", "cpu", "--batch_size=4", "--num_workers=0",
+              f"--cache_dir={tmp_path / 'cache'}"]
+    expected = fid.main([str(tmp / "samples.npz"), "--ref", str(tmp / "ref.npz"), *common])
+    fid.main(["--save_stats", str(tmp_path / "stats.npz"), str(tmp / "ref.npz"), *common])
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        """Writes the file as the hub cache would hold it: images under 'arr_0' (Ref/cifar10.npz),
+        or an ADM-style reference batch with 'mu' and 'sigma'."""
+        calls.append((repo_id, filename))
+        path = tmp_path / "hub" / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            if filename.endswith("cifar10.npz"):
+                np.savez(path, arr_0=refs)
+            else:
+                with np.load(tmp_path / "stats.npz") as f:
+                    np.savez(path, mu=f["mu"], sigma=f["sigma"], arr_0=refs)
+        return str(path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.chdir(tmp_path)
+    for ref in ("zlab-princeton/SoFlow/Ref/cifar10.npz", "Ref/cifar10.npz"):
+        assert fid.main([str(tmp / "samples.npz"), "--ref", ref, *common]) == pytest.approx(expected, rel=1e-6)
+    # ADM's reference batch: its statistics are used as they are (no image count: FID-50K's full sqrtm,
+    # too slow for the suite, so the source is checked rather than a FID computed)
+    stats_file = fid.open_source("Ref/VIRTUAL_imagenet256_labeled.npz")
+    assert stats_file == tmp_path / "hub" / "Ref" / "VIRTUAL_imagenet256_labeled.npz"
+    stats, _ = fid.statistics(stats_file, None)
+    with np.load(tmp_path / "stats.npz") as f:
+        assert np.array_equal(stats.mu, f["mu"]) and stats.n is None
+    assert calls == [("zlab-princeton/SoFlow", "Ref/cifar10.npz"), ("zlab-princeton/SoFlow", "Ref/cifar10.npz"),
+                     ("zlab-princeton/SoFlow", "Ref/VIRTUAL_imagenet256_labeled.npz")]
+    # a local file of that name (a clone of the repository) is used as it is, without a download
+    (tmp_path / "Ref").mkdir(exist_ok=True)
+    np.savez(tmp_path / "Ref" / "cifar10.npz", arr_0=refs)
+    fid.main([str(tmp / "samples.npz"), "--ref", "Ref/cifar10.npz", *common])
+    assert len(calls) == 3
+    # other names never reach the hub
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fid.open_source("someone/else/Ref/x.npz")
+    assert len(calls) == 3
+
+    def offline(repo_id, filename, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Cannot find the requested files in the cache\nand "
+                                                             "outgoing traffic has been disabled.")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    msg = one_line_exit([str(tmp / "samples.npz"), "--ref", "zlab-princeton/SoFlow/Ref/nope.npz", *common],
+                        r"zlab-princeton/SoFlow/Ref/nope.npz: could not fetch Ref/nope.npz .*LocalEntryNotFoundError")
+    assert "https://huggingface.co/zlab-princeton/SoFlow/resolve/main/Ref/nope.npz" in msg
+
+    def missing(repo_id, filename, **kwargs):
+        raise huggingface_hub.errors.EntryNotFoundError(f"{filename} is not in {repo_id}")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    one_line_exit([str(tmp / "samples.npz"), "--ref", "Ref/missing.npz", *common], "Ref/missing.npz is not in")
+
+
+def test_fp32_exact_turns_tf32_off_and_restores_the_settings():
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32"
+    try:
+        with fid.fp32_exact():
+            assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        with pytest.raises(KeyError), fid.fp32_exact():
+            raise KeyError("restored on errors as well")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before

@@ -1,8 +1,10 @@
-"""Tests of unet.py: the released configuration's parameter count (SPEC section 8) and
-state-dict layout built by hand from SPEC section 9, a second, functional
-implementation of the whole network written from the EDM description (resampling by
-its definition, GroupNorm by hand, attention in EDM's einsum form, skips by EDM's
-channel rule), conditioning on t, s and the augmentation label, gradients, dropout,
+"""Tests of unet.py: the released configuration's parameter count (the authors' 55.93M)
+and state-dict layout built by hand from the released checkpoint's naming rules, a
+second, functional implementation of the whole network written from the EDM description
+(resampling by its definition, GroupNorm by hand, attention in EDM's einsum form, skips
+by EDM's channel rule, class labels by EDM's map_label), conditioning on t, s, class
+labels and the augmentation label, tiny presets (8x8 and 28x28 grayscale), the
+constructor's checks, the FLOP count against torch's counter, gradients, dropout,
 attention paths, bf16 autocast, torch.compile, and soflow_loss."""
 
 import math
@@ -10,6 +12,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from torch.utils.flop_counter import FlopCounterMode
 
 import dit
 import soflow
@@ -55,10 +59,12 @@ def test_parameter_count_and_shape_of_the_released_unet():
         out = net(torch.empty(2, 3, 32, 32), torch.empty(2), torch.empty(2), augment_labels=torch.empty(2, 6))
     assert out.shape == (2, 3, 32, 32)
     n = sum(p.numel() for p in net.parameters())
-    assert abs(n / 1e6 - 55.93) < 0.005, n                        # SPEC section 8: 55.93M
+    assert abs(n / 1e6 - 55.93) < 0.005, n                        # the released network: 55.93M
+    assert n == 55_932_419
     assert net.config == dict(img_resolution=32, in_channels=3, model_channels=128, channel_mult=[2, 2, 2],
                               num_blocks=4, attn_resolutions=[16], dropout=0.3, noise_channels=256,
-                              emb_mult=4, augment_dim=6, resample_filter=[1, 3, 3, 1], attn="fused")
+                              emb_mult=4, augment_dim=6, num_classes=0, resample_filter=[1, 3, 3, 1],
+                              attn="fused")
 
 
 def block_layout(name, cin, cout, emb, up_down=False, attention=False):
@@ -178,11 +184,18 @@ def ref_embedding(u, channels):
     return torch.cat([torch.sin(u[:, None] * freqs), torch.cos(u[:, None] * freqs)], 1)
 
 
-def reference_forward(net, x, t, s, aug):
+def reference_forward(net, x, t, s, aug, y=None, num_classes=0):
     """SongUNet from its description; skips joined by EDM's rule (whenever x's channels
-    differ from the block's input channels)."""
+    differ from the block's input channels); class labels as EDM's map_label: a linear map
+    of the one-hot vector times sqrt(num_classes), the null label (= num_classes) a zero vector."""
     sd = net.state_dict()
     emb = torch.cat([ref_embedding(t, 16), ref_embedding(t - s, 16)], 1) + aug @ sd["map_augment.weight"].T
+    if num_classes:
+        onehot = torch.zeros(len(y), num_classes, dtype=x.dtype)
+        for i, label in enumerate(y.tolist()):
+            if label < num_classes:
+                onehot[i, label] = math.sqrt(num_classes)
+        emb = emb + onehot @ sd["map_label.weight"].T + sd["map_label.bias"]
     emb = F.silu(emb @ sd["map_layer0.weight"].T + sd["map_layer0.bias"])
     emb = F.silu(emb @ sd["map_layer1.weight"].T + sd["map_layer1.bias"])
     skips = []
@@ -218,6 +231,124 @@ def test_forward_equals_an_independent_implementation():
         torch.set_default_dtype(torch.float32)
 
 
+def test_class_labels_equal_an_independent_implementation():
+    """EDM's class conditioning: y in [0, num_classes), num_classes = the null label = None."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = randomize(tiny(num_classes=5)).eval()
+        x, t, s, aug = (u.double() for u in inputs())
+        y = torch.tensor([0, 4, 5])                                   # the last one: the null label
+        for mode in ("fused", "math"):
+            unet.set_attention(net, mode)
+            ref = reference_forward(net, x, t, s, aug, y, num_classes=5)
+            assert torch.allclose(net(x, t, s, y, augment_labels=aug), ref, atol=1e-10, rtol=1e-8)
+        null = reference_forward(net, x, t, s, aug, torch.full((3,), 5), num_classes=5)
+        assert torch.allclose(net(x, t, s, augment_labels=aug), null, atol=1e-10, rtol=1e-8)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_class_labels_condition_and_the_unconditional_layout_is_unchanged():
+    net = randomize(tiny(num_classes=10)).eval()
+    x, t, s, _ = inputs()
+    y = torch.tensor([1, 2, 3])
+    base = net(x, t, s, y)
+    for other in (net(x, t, s, (y + 1) % 10), net(x, t, s, None)):
+        assert (other - base).abs().flatten(1).amax(1).min() > 1e-3 * base.abs().max()
+    assert torch.equal(net(x, t, s, None), net(x, t, s, torch.full((3,), 10)))
+    keys = {k: tuple(v.shape) for k, v in net.state_dict().items() if k.startswith("map_label")}
+    assert keys == {"map_label.weight": (32, 10), "map_label.bias": (32,)}     # 2 x noise_channels outputs
+    assert net.config["num_classes"] == 10 and net.num_classes == 10
+    # num_classes=0 is the released layout: the same keys as before, and no map_label
+    uncond = tiny()
+    assert uncond.map_label is None and set(net.state_dict()) - set(uncond.state_dict()) == set(keys)
+    with pytest.raises(RuntimeError, match="Unexpected key.*map_label"):
+        uncond.load_state_dict(net.state_dict(), strict=True)
+    with pytest.raises(ValueError, match="integer labels"):
+        net(x, t, s, y.float())
+    with pytest.raises(ValueError, match="integer labels"):
+        net(x, t, s, y[:2])
+    with pytest.raises(RuntimeError, match="[Cc]lass values"):         # 11 is neither a class nor the null label
+        net(x, t, s, torch.tensor([0, 11, 1]))
+    # a training step reaches map_label (labels given; also through the null label's bias)
+    net.train()
+    net(x, t, s, torch.tensor([1, 10, 3])).square().sum().backward()
+    assert net.map_label.weight.grad[:, 1].abs().sum() > 0 and net.map_label.weight.grad[:, 10 - 1].abs().sum() == 0
+    assert net.map_label.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kw, shape", [
+    (dict(img_resolution=8, in_channels=1, model_channels=16, channel_mult=(1, 2), num_blocks=1,
+          attn_resolutions=(4,), num_classes=10, augment_dim=0), (1, 8, 8)),       # 8x8 digits
+    (dict(img_resolution=28, in_channels=1, model_channels=8, channel_mult=(1, 2, 2), num_blocks=1,
+          attn_resolutions=(7,), num_classes=10, augment_dim=0), (1, 28, 28)),     # MNIST: 28, 14, 7
+    (dict(img_resolution=32, in_channels=1, model_channels=8, channel_mult=(1, 1, 2), num_blocks=1,
+          attn_resolutions=(8,), num_classes=10, augment_dim=0), (1, 32, 32)),     # MNIST padded to 32
+])
+def test_tiny_grayscale_unets_without_a_preset(kw, shape):
+    net = randomize(unet.UNet(**{**kw, "noise_channels": 16, "dropout": 0.0}))
+    x = torch.randn(4, *shape)
+    t = torch.rand(4)
+    out = net(x, t, t / 2, torch.tensor([0, 5, 9, 10]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    assert unet.UNet(**net.config).config == net.config
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(img_resolution=28, channel_mult=(1, 2, 2, 2)), r"img_resolution=28 .*channel_mult=\(1, 2, 2, 2\)"),
+    (dict(img_resolution=8, attn_resolutions=(16,)), r"attn_resolutions=\(16,\).*\[8, 4\]"),
+    (dict(dropout=-0.1), r"dropout=-0.1"), (dict(dropout=1.0), r"dropout=1.0"), (dict(dropout="0.1"), "dropout='0.1'"),
+    (dict(num_blocks=0), "num_blocks=0"), (dict(model_channels=0), "model_channels=0"),
+    (dict(img_resolution=0), "img_resolution=0"), (dict(in_channels=2.0), "in_channels=2.0"),
+    (dict(emb_mult=0), "emb_mult=0"), (dict(num_classes=-1), "num_classes=-1"), (dict(augment_dim=-1), "augment_dim=-1"),
+    (dict(num_classes=True), "num_classes=True"),
+    (dict(channel_mult=()), r"channel_mult=\(\)"), (dict(channel_mult=(1, 0)), r"channel_mult=\(1, 0\)"),
+    (dict(noise_channels=2), "noise_channels=2"), (dict(noise_channels=15), "noise_channels=15"),
+    (dict(resample_filter=(1, 2, 1)), r"resample_filter=\(1, 2, 1\)"), (dict(resample_filter=(1, -1)), "resample_filter"),
+    (dict(attn="flash"), "attn='flash'"),
+])
+def test_bad_constructor_values_are_refused_before_anything_is_built(kw, match, monkeypatch):
+    def built(*args, **kwargs):
+        raise AssertionError("a layer was built before the arguments were checked")
+    monkeypatch.setattr(unet.UNetBlock, "__init__", built)
+    monkeypatch.setattr(unet.Conv2d, "__init__", built)
+    with pytest.raises(ValueError, match=match):
+        unet.UNet(**{**TINY, **kw})
+
+
+def test_channels_a_group_norm_cannot_split_are_refused():
+    """36 channels x (1, 2): a decoder block takes 72 + 72 = 144 channels, not a multiple of 32."""
+    with pytest.raises(ValueError, match="GroupNorm over 144 channels.*model_channels"):
+        unet.UNet(**{**TINY, "model_channels": 36})
+    unet.UNet(**{**TINY, "model_channels": 12})                       # 12, 24, 36, 48: all multiples of 4
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_classes=10), dict(img_resolution=28, channel_mult=(1, 2, 2),
+                                                                   attn_resolutions=(14, 7), num_blocks=2)])
+def test_flops_match_torch_flop_counter_on_a_small_network_with_math_attention(kw):
+    """A real CPU forward pass with math attention (torch's counter misses the CPU's fused
+    attention kernel), labels and augmentation labels given; the counter counts 2 per multiply-add."""
+    net = unet.UNet(**{**TINY, **kw, "attn": "math"})
+    r = net.img_resolution
+    y = torch.tensor([1, 10]) if net.num_classes else None
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(2, 3, r, r), torch.rand(2), torch.zeros(2), y, augment_labels=torch.zeros(2, 6))
+    assert counter.get_total_flops() == 2 * 2 * unet.flops(net)
+    assert unet.flops(net.config) == unet.flops(net)
+
+
+def test_flops_of_the_released_unet():
+    """The counter on the meta device (shapes only) agrees for the released configuration."""
+    with torch.device("meta"):
+        net = unet.UNet(attn="math")
+        with FlopCounterMode(display=False) as counter:
+            net(torch.empty(1, 3, 32, 32), torch.empty(1), torch.empty(1), augment_labels=torch.empty(1, 6))
+    assert counter.get_total_flops() == 2 * unet.flops(net) == 2 * unet.flops(unet.UNet().config)
+    assert unet.flops(net) == 21_195_656_192            # 21.2 G multiply-adds per image (README)
+
+
 def test_resampling_filters_keep_constants_and_shapes():
     conv_down = unet.Conv2d(2, 2, 0, down=True)
     conv_up = unet.Conv2d(2, 2, 0, up=True)
@@ -231,7 +362,7 @@ def test_resampling_filters_keep_constants_and_shapes():
 
 def test_positional_embedding_formula():
     t = torch.tensor([0.0, 0.25, 1.0])
-    e = unet.PositionalEmbedding(256)(t)
+    e = unet.positional_embedding(t, 256)
     assert e.shape == (3, 256)
     assert torch.allclose(e[:, 0], torch.sin(t)) and torch.allclose(e[:, 128], torch.cos(t))     # frequency 1
     assert torch.allclose(e[:, 127], torch.sin(t * 1e-4)) and torch.allclose(e[:, 255], torch.cos(t * 1e-4))
@@ -312,16 +443,18 @@ def test_bf16_autocast_and_compiled_graph_track_eager_fp32():
     to reach the first layers (8% at most in a network of 20 blocks). torch.compile with
     fullgraph=True (an error on any graph break) traces forward and backward into one graph
     each; the 'aot_eager' backend runs those graphs without generating kernels (inductor's
-    C++ code generation takes most of a minute on a small CPU; test_dit covers inductor)."""
-    net = randomize(tiny())
+    C++ code generation takes most of a minute on a small CPU; test_dit covers inductor).
+    With class labels (the one-hot map traces into the graph as well)."""
+    net = randomize(tiny(num_classes=5))
     net.eval()                                   # no dropout: the three runs must be comparable
     x, t, s, aug = inputs()
+    y = torch.tensor([0, 5, 3])
     params = list(net.parameters())
 
     def run(fn, autocast=False):
         net.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = fn(x, t, s, augment_labels=aug)
+            out = fn(x, t, s, y, augment_labels=aug)
         out.float().square().mean().backward()
         return out, [p.grad.clone() for p in params]
 
