@@ -388,8 +388,7 @@ def build_training(name, attn_mode, compiled):
         data = (torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev),)
         opt = dict(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0)
         ema = trainer.EMA(net, 0.9999, 16, "float64")
-        from train_cifar import unet_macs           # (moves to unet.flops)
-        macs = unet_macs(net.config)
+        macs = unet.flops(net.config)
     else:
         import dit
         net = dit.dit_from_name(name, attn=attn_mode).to(dev)

@@ -118,13 +118,13 @@ def load_state(net, state_dict, what):
     own = net.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs network {tuple(own[k].shape)}" for k in own
               if k in state_dict and state_dict[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         some = lambda items: ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
         raise ValueError(f"{what} does not fit the network ({type(net).__name__} {net.config}): "
                          + "; ".join(f"{name}: {some(items)}" for name, items in (
-                             ("shapes (checkpoint vs network)", shapes), ("missing", missing),
+                             ("shapes", shapes), ("missing", missing),
                              ("unexpected", unexpected)) if items))
     net.load_state_dict(state_dict, strict=True)      # a float64 EMA is cast to the network's dtype
     return net

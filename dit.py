@@ -193,7 +193,9 @@ class DiT(nn.Module):
     @torch.no_grad()
     def initialize_weights(self):
         """DiT's: xavier-uniform linears (the patch embedding as one), zero biases, N(0, 0.02)
-        label table and time MLPs, zero adaLN and output layer: F = 0, every block the identity."""
+        label table and t-MLP, zero adaLN and output layer: F = 0, every block the identity.
+        The (t - s)-MLP keeps xavier-uniform, as in the authors' dit.py (only t_embedder is
+        re-initialised there)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -202,8 +204,7 @@ class DiT(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        for w in (self.y_embedder.embedding_table.weight,
-                  *(e.mlp[i].weight for e in (self.t_embedder, self.s_embedder) for i in (0, 2))):
+        for w in (self.y_embedder.embedding_table.weight, self.t_embedder.mlp[0].weight, self.t_embedder.mlp[2].weight):
             nn.init.normal_(w, std=0.02)
         for layer in (*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1],
                       self.final_layer.linear):

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoints
 import dit
 import soflow
 import unet
@@ -65,155 +66,13 @@ def log(msg):
 #   released: {'model', 'ema_model', 'optimizer', 'finished_steps', 'finished_epochs'},
 #             state dicts under the prefix 'network.', no config (the user names it).
 
-def read_checkpoint(path):
-    """torch.load with weights_only=True (tensors and plain containers only: a checkpoint
-    can never run code). Memory-mapped where the file allows it, so that eight processes
-    reading a 10 GB released file (optimizer state included) touch only the weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:              # files in the legacy (pre-1.6) format cannot be mapped
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} cannot be loaded with weights_only=True (it holds more than tensors "
-                         f"and plain containers, or is no checkpoint): {e}") from None
-
-
-def checkpoint_layout(ckpt, path):
-    if isinstance(ckpt, dict) and "config" in ckpt and "ema" in ckpt and "model" in ckpt:
-        return "project"
-    if isinstance(ckpt, dict) and "ema_model" in ckpt and "model" in ckpt:
-        return "released"
-    keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-    raise ValueError(f"{path} is neither a project checkpoint (keys 'model', 'ema', 'config') nor a released "
-                     f"one (keys 'model', 'ema_model'); it has {keys}")
-
-
-def describe_state_dict(sd):
-    """What network a state dict holds, read from its shapes (for error messages)."""
-    if "x_embedder.proj.weight" in sd:
-        hidden, channels, patch, _ = sd["x_embedder.proj.weight"].shape
-        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        grid = math.isqrt(sd["pos_embed"].shape[1]) if "pos_embed" in sd else None
-        classes = sd["y_embedder.embedding_table.weight"].shape[0] - 1 if "y_embedder.embedding_table.weight" in sd else None
-        names = [n for n, c in dit.DIT_CONFIGS.items()
-                 if (c["depth"], c["hidden_size"], c["patch_size"]) == (depth, hidden, patch)]
-        return (f"a DiT with depth {depth}, hidden size {hidden}, patch {patch}"
-                + (f", input {grid * patch}x{grid * patch}x{channels}" if grid else "")
-                + (f", {classes} classes" if classes is not None else "")
-                + (f" (--model={names[0]})" if names else ""))
-    if any(k.startswith(("enc.", "dec.", "map_layer0")) for k in sd):
-        conv = sd.get(next((k for k in sd if k.startswith("enc.") and k.endswith("_conv.weight")), ""), None)
-        return "a U-Net" + (f" with {conv.shape[0]} model channels (--model=unet)" if conv is not None else "")
-    return f"an unknown network (first keys: {list(sd)[:3]})"
-
-
-def check_state_dict(net, sd, what):
-    """Raise a ValueError naming every difference between the network's parameters and
-    the state dict (missing and unexpected keys, shapes), before a strict load would."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs network {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if not (missing or unexpected or shapes):
-        return
-
-    def some(items):
-        return ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
-    lines = [f"{what} does not fit the network {describe_state_dict(own)}:"]
-    if shapes:
-        lines.append(f"  shape mismatches: {some(shapes)}")
-    if missing:
-        lines.append(f"  missing from the checkpoint: {some(missing)}")
-    if unexpected:
-        lines.append(f"  not in the network: {some(unexpected)}")
-    lines.append(f"  The checkpoint holds {describe_state_dict(sd)}.")
-    if any(k.startswith(("module.", "_orig_mod.", "network.")) for k in unexpected):
-        lines.append("  Its keys carry a wrapper prefix ('module.', '_orig_mod.' or 'network.').")
-    raise ValueError("\n".join(lines))
-
-
-def build_released(model, net_args=None):
-    """The network and SoFlow config of a released checkpoint, from the configuration
-    name ('B/4' ... 'XL/2' for ImageNet, 'unet' for CIFAR-10) and constructor overrides."""
-    net_args = dict(net_args or {})
-    if model == "unet":
-        net = unet.UNet(**net_args)
-        cfg = soflow.preset(RELEASED_PRESETS["unet"])
-        data = {"kind": "cifar10", "image_size": net.img_resolution, "num_classes": None}
-    else:
-        net = dit.dit_from_name(model, **net_args)
-        cfg = soflow.preset(RELEASED_PRESETS["dit"], num_classes=net.num_classes)
-        data = {"kind": "latents", "vae": DEFAULT_VAE, "latent_scale": LATENT_SCALE,
-                "num_classes": net.num_classes}
-    return net, cfg, data
-
-
-def build_project(config):
-    """The network and SoFlow config of a project checkpoint, from its 'config'."""
-    net_cfg = dict(config["net"])
-    kind = net_cfg.pop("kind")
-    if kind == "dit":
-        net = dit.DiT(**net_cfg)
-    elif kind == "unet":
-        net = unet.UNet(**net_cfg)
-    else:
-        raise ValueError(f"checkpoint config: unknown network kind {kind!r} (expected 'dit' or 'unet')")
-    cfg = soflow.SoFlowConfig(**config["soflow"])
-    data = dict(config.get("data") or {})
-    data.setdefault("kind", "latents" if kind == "dit" else "cifar10")
-    if kind == "dit" and cfg.num_classes is not None and cfg.num_classes != net.num_classes:
-        raise ValueError(f"checkpoint config: SoFlow num_classes = {cfg.num_classes} but the DiT has "
-                         f"{net.num_classes} classes")
-    return net, cfg, data
-
-
 def load_model(path, weights="ema", released=None, model=None, net_args=None, random_init=False):
-    """(net, cfg, data, description): the network in eval mode on the CPU with the chosen
-    weights ('ema' or 'model'), its SoFlowConfig, and the data settings ('kind':
-    'latents' | 'cifar10', 'vae', 'latent_scale'). released: True/False to insist on a
-    layout, None to detect it. model, net_args: the configuration of a released checkpoint.
-    random_init: no checkpoint, the named configuration freshly initialised (throughput)."""
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights = {weights!r}: choose 'ema' or 'model'")
+    """(net, cfg, data, description); see checkpoints.load_model. random_init: no checkpoint,
+    the named configuration freshly initialised (throughput)."""
     if random_init:
-        net, cfg, data = build_released(model, net_args)
+        net, cfg, data = checkpoints.build_released(model, net_args)
         return net.eval().requires_grad_(False), cfg, data, f"randomly initialised {model}"
-    ckpt = read_checkpoint(path)
-    layout = checkpoint_layout(ckpt, path)
-    if released is True and layout != "released":
-        raise ValueError(f"--released: {path} is a project checkpoint (it carries its config); drop --released")
-    if layout == "project" and (model is not None or net_args):
-        raise ValueError(f"{path} is a project checkpoint and carries its config; "
-                         "--model and --net-args are for released checkpoints")
-    if layout == "released":
-        if model is None:
-            raise ValueError(f"{path} is a released checkpoint, which has no config: name the configuration "
-                             f"it was trained with, --model=XL/2 (ImageNet DiT, one of {list(dit.DIT_CONFIGS)}) "
-                             "or --model=unet (CIFAR-10)")
-        net, cfg, data = build_released(model, net_args)
-        key = "ema_model" if weights == "ema" else "model"
-        sd = dit.strip_prefix(ckpt[key], "network.")
-        what = f"{path} ['{key}'] (released layout, --model={model})"
-        desc = f"released {model}, {key} weights"
-    else:
-        net, cfg, data = build_project(ckpt["config"])
-        key = weights
-        sd = ckpt[key]
-        what = f"{path} ['{key}'] (project checkpoint, config {ckpt['config']['net']})"
-        desc = f"{ckpt['config'].get('script', 'project')} checkpoint at step {ckpt.get('step')}, {key} weights"
-    check_state_dict(net, sd, what)
-    if layout == "released":
-        dit.load_released_state_dict(net, ckpt[key])        # strict; strips 'network.'
-    else:
-        net.load_state_dict(sd, strict=True)                # a float64 EMA is cast to the net's fp32
-    return net.eval().requires_grad_(False), cfg, data, desc
+    return checkpoints.load_model(path, weights, model, net_args)
 
 # -----------------------------------------------------------------------------
 # Noise and labels, per image. Image i of a run with seed S draws its starting noise

@@ -158,17 +158,6 @@ def inputs(images, p, xflip, labels):
     return x0, None, {"augment_labels": aug} if labels else None
 
 
-def unet_macs(config):
-    """Multiply-adds of one forward per image, by torch's FLOP counter on a shape-only copy
-    (math attention: the counter does not see every fused kernel)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with torch.device("meta"), FlopCounterMode(display=False) as counter:
-        net, r = unet.UNet(**{**config, "attn": "math"}), config["img_resolution"]
-        aug = torch.zeros(1, config["augment_dim"]) if config["augment_dim"] else None
-        net(torch.zeros(1, config["in_channels"], r, r), torch.ones(1), torch.zeros(1), augment_labels=aug)
-    return counter.get_total_flops() // 2
-
-
 def main(argv=None):
     C = trainer.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, fixed=("img_resolution", "in_channels"))
     rank, world, _ = trainer.world()
@@ -179,8 +168,6 @@ def main(argv=None):
     try:
         with torch.device("meta"):
             probe = unet.UNet(img_resolution=32, in_channels=3, **C.net_args)
-        if not 0 <= probe.config["dropout"] < 1:
-            raise ValueError(f"--dropout={probe.config['dropout']}: must be in [0, 1)")
         if C.augment_p > 0 and probe.augment_dim != 6:
             raise ValueError(f"--augment_p > 0 needs the 6-dim augmentation label (--augment_dim=6), else the "
                              f"network learns to make scaled and shifted images")
@@ -219,7 +206,7 @@ def main(argv=None):
                                                     broadcast_buffers=False, gradient_as_bucket_view=True)
     bf16 = C.precision == "bf16" or (C.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    flops = trainer.step_flops(unet_macs(net.config), cfg, micro, accum, world)
+    flops = trainer.step_flops(unet.flops(net.config), cfg, micro, accum, world)
     peak = trainer.peak_tflops(device, C.peak_tflops)
     end = min(C.stop_at or C.steps, C.steps)
     if rank == 0:

@@ -271,10 +271,10 @@ def test_npz_feeds_fid_end_to_end(files, tmp_path, capsys):
     torch.save(sd, tmp_path / "inception.pth")
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
-    common = ["--weights", str(tmp_path / "inception.pth"), "--device", "cpu", "--batch-size", "6",
-              "--num-workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    common = ["--weights", str(tmp_path / "inception.pth"), "--device", "cpu", "--batch_size", "6",
+              "--num_workers", "0", "--cache_dir", str(tmp_path / "cache")]
     samples = str(tmp_path / "s" / "samples.npz")
-    fid.main(["--save-stats", str(tmp_path / "stats.npz"), samples, *common])
+    fid.main(["--save_stats", str(tmp_path / "stats.npz"), samples, *common])
     with np.load(tmp_path / "stats.npz") as f:
         mu, sigma, count = f["mu"], f["sigma"], int(f["n"])
     model = fid.load_inception(str(tmp_path / "inception.pth"))

@@ -358,7 +358,7 @@ def test_bad_config_values_fail_before_touching_the_data(tmp_path, capsys, arg, 
     ("--augment_p=1.5", r"--augment_p=1\.5: must be in \[0, 1\]"),
     ("--augment_dim=0", r"--augment_p > 0 needs the 6-dim augmentation label"),
     ("--method=imagenet", r"class-conditional"),
-    ("--dropout=2.0", r"--dropout=2.0: must be in \[0, 1\)"),
+    ("--dropout=2.0", r"dropout=2.0: must be in \[0, 1\)"),
 ])
 def test_bad_cifar_config_values(tmp_path, capsys, arg, message):
     msg = error_of(train_cifar.main, [f"--data_dir={tmp_path}", f"--out_dir={tmp_path}", *UNET, "--batch_size=4",
@@ -594,7 +594,7 @@ def test_step_flops_match_torch_flop_counter():
     u = unet.UNet(**{**ucfg, "attn": "math"})
     with FlopCounterMode(display=False) as fc:
         u(torch.randn(3, 3, 32, 32), torch.rand(3), torch.zeros(3), augment_labels=torch.zeros(3, 6))
-    assert fc.get_total_flops() == 3 * 2 * train_cifar.unet_macs(ucfg)
+    assert fc.get_total_flops() == 3 * 2 * unet.flops(ucfg)
 
 # ----------------------------------------------------------------------------- augmentation
 
