@@ -139,7 +139,8 @@ def inputs(mean, std, y):
 
 def main(argv=None):
     C = trainer.configure(SETTINGS, PRESETS, dit.DiT, __doc__, __file__, argv,
-                          fixed=("input_size", "in_channels", "num_classes"), choices={"model": tuple(dit.DIT_CONFIGS)})
+                          fixed=("input_size", "in_channels", "num_classes"), choices={"model": tuple(dit.DIT_CONFIGS)},
+                          describe=lambda v: "network: " + ", ".join(f"{k}={x}" for k, x in dit.DIT_CONFIGS[v["model"]].items()))
     rank, world, _ = trainer.world()
     micro, accum = trainer.accumulation(C, world)          # every setting is checked before any compute
     cfg = trainer.method_config(C)

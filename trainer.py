@@ -72,12 +72,13 @@ def _type_of(default):
     return {int: int, float: _finite}.get(type(default), str)
 
 
-def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), choices=None):
+def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), choices=None, describe=None):
     """The run's settings as a namespace: `settings` (the script's plain values), then the
     values of --preset NAME, then every option given. Besides the settings, any constructor
     argument of net_class but `fixed` (they come from the data) and any SoFlowConfig field
     but K and the classes may be given: they come back apart, as .net_args and .method_args.
-    A bad value stops here with one line, before any compute."""
+    A bad value stops here with one line, before any compute. describe(preset values) adds a
+    line to --list_presets."""
     comments = dict(re.findall(r"^(\w+) = .*?#\s*(.*)$", open(script).read(), re.M))
     choices = {**CHOICES, **(choices or {})}
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -102,6 +103,8 @@ def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), ch
             print(f"{name}:\n  " + " ".join(f"--{k}={v}" for k, v in values.items()))
             method = soflow.preset(values.get("method", settings["method"]), total_steps=values.get("steps", 1))
             print("  method: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method).items()))
+            if describe:
+                print("  " + describe(values))
         raise SystemExit(0)
     C = dict(settings, **presets.get(given.get("preset", ""), {}))
     C.update({k: v for k, v in given.items() if "." not in k})
@@ -158,11 +161,13 @@ def setup(device):
 
 
 def seed_micro_step(seed, step, index, device):
-    """Seed the CPU and this process's GPU for micro-batch `index` of `step`."""
-    s = (seed << 40) | (step << 16) | index            # seed < 2**20, step < 2**24, index < 2**16
-    torch.random.default_generator.manual_seed(s)
+    """Seed the CPU and this process's GPU for micro-batch `index` of `step`. The CPU's
+    Mersenne Twister keeps only the low 32 bits of a seed (so (seed, step, index) packed
+    into bits would repeat the noise every 65,536 steps and ignore the seed): it gets a
+    32-bit hash of the three; the GPU's Philox takes them packed into 64 bits."""
+    torch.random.default_generator.manual_seed(int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0]))
     if device.type == "cuda":
-        torch.cuda.manual_seed(s)
+        torch.cuda.manual_seed((seed << 40) | (step << 16) | index)    # seed < 2**20, step < 2**24, index < 2**16
 
 
 @functools.lru_cache(maxsize=2)

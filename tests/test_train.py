@@ -313,8 +313,8 @@ def test_killed_checkpoint_write_leaves_the_previous_checkpoint(latents, tmp_pat
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_path, monkeypatch):
     real = soflow.soflow_loss
 
-    def breaks_at_step_3(net, cfg, x0, y=None, step=0, generator=None):
-        loss, logs = real(net, cfg, x0, y, step, generator)
+    def breaks_at_step_3(net, cfg, x0, y=None, step=0, generator=None, net_kwargs=None):
+        loss, logs = real(net, cfg, x0, y, step, generator, net_kwargs)
         return (loss * float("nan") if step >= 2 else loss), logs     # step index 2 = the 3rd step
 
     monkeypatch.setattr(soflow, "soflow_loss", breaks_at_step_3)
@@ -550,11 +550,14 @@ def test_data_order_is_a_permutation_per_epoch_and_independent_of_the_world_size
         assert sorted(i for v in got.values() for i in v) == list(range(batch))
         parts.setdefault(micro, got)
         assert parts[micro] == got
+    # every (seed, step, index) draws its own noise, also far apart (torch's CPU generator keeps
+    # only 32 bits of a seed: packed bits would repeat every 65,536 steps and ignore the seed)
     draws = set()
-    for seed, step, index in ((1, 2, 3), (1, 3, 2), (2, 2, 3)):
+    cases = ((1, 2, 3), (1, 3, 2), (2, 2, 3), (1, 2 + 65536, 3), (0, 0, 0), (0, 65536, 0), (0, 1, 0))
+    for seed, step, index in cases:
         trainer.seed_micro_step(seed, step, index, torch.device("cpu"))
         draws.add(torch.rand(()).item())
-    assert len(draws) == 3
+    assert len(draws) == len(cases)
 
 
 def test_ema_decay_and_interval():
