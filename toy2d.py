@@ -215,21 +215,12 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, losses):
     a = ax[3]
     fan = x1[:24]
     s_grid = np.linspace(1, 0, 41)
-    with torch.no_grad():
-        xf = torch.from_numpy(fan).float()
-        learned = np.stack([soflow.solution(net, cfg, xf, torch.ones(len(fan)), torch.full((len(fan),), s)).numpy()
-                            for s in s_grid])
+    learned = soflow.trajectory(net, cfg, torch.from_numpy(fan), s_grid).numpy()
     if args.dataset == "gmm":
         ref = mixture.solve(fan, 1.0, 0.0, cfg.schedule, s_eval=s_grid)
         ref_label = "exact ODE trajectory"
     else:   # no closed form: the velocity head integrated finely stands in
-        ref = [fan]
-        x = torch.from_numpy(fan).float()
-        for t, s in zip(s_grid, s_grid[1:]):
-            for tt, ss in zip(np.linspace(t, s, 6), np.linspace(t, s, 6)[1:]):
-                x = x + (ss - tt) * soflow.velocity(net, cfg, x, torch.full((len(fan),), tt)).detach()
-            ref.append(x.numpy())
-        ref = np.stack(ref)
+        ref = soflow.trajectory(net, cfg, torch.from_numpy(fan), np.linspace(1, 0, 201), "euler").numpy()[::5]
         ref_label = "Euler on v_theta, 200 steps"
     a.scatter(data[:3000, 0], data[:3000, 1], s=1, alpha=0.15, color="tab:blue")
     for i in range(len(fan)):

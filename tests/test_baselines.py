@@ -64,9 +64,12 @@ def no_grad(net):
     lambda: baselines.DirectConfig(cfg_scale=1.5),                               # guidance without labels
     lambda: baselines.FGMConfig(l1_weight=-1.0),
     lambda: baselines.FGMConfig(num_classes=0),
+    lambda: baselines.FlowMatchingConfig(time_mu=float("nan")),                  # not finite
+    lambda: baselines.MeanFlowConfig(eps=float("inf")),
+    lambda: baselines.DirectConfig(cfg_scale=float("inf"), num_classes=10),
 ])
 def test_bad_config_is_rejected(make):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Config"):       # one line naming the config and the field
         make()
 
 
@@ -74,7 +77,7 @@ def test_unknown_method_and_labels_without_classes():
     with pytest.raises(ValueError, match="unknown method"):
         baselines.build("shortcut", SmoothNet, 10, 1e-3)
     with pytest.raises(ValueError, match="unconditional"):
-        baselines.fm_loss(SmoothNet(), baselines.FlowMatchingConfig(), torch.randn(4, 2), y=torch.zeros(4, dtype=torch.long))
+        baselines.flow_matching_loss(SmoothNet(), baselines.FlowMatchingConfig(), torch.randn(4, 2), y=torch.zeros(4, dtype=torch.long))
 
 
 def test_meanflow_guidance_is_soflow_mix_reparameterized():
@@ -91,11 +94,11 @@ def test_meanflow_guidance_is_soflow_mix_reparameterized():
 
 # ---------------------------------------------------------------- flow matching
 
-def test_fm_loss_by_hand_and_gradients():
+def test_flow_matching_loss_by_hand_and_gradients():
     cfg = baselines.FlowMatchingConfig(time_mu=0.3, time_sigma=1.2, num_classes=3, label_drop=0.5)
     net = SmoothNet()
     x0, y = torch.randn(32, 2), torch.randint(0, 3, (32,))
-    loss, logs = baselines.fm_loss(net, cfg, x0, y, generator=torch.Generator().manual_seed(7))
+    loss, logs = baselines.flow_matching_loss(net, cfg, x0, y, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)                   # the same draws, in the same order
     x1 = torch.randn(x0.shape, generator=g)
     t = torch.sigmoid(0.3 + 1.2 * torch.randn(32, generator=g))
@@ -217,7 +220,7 @@ def test_direct_losses_touch_their_own_network():
     loss_w.backward()
     assert has_grad(wnet) and no_grad(vnet)                   # sg on w and v in the target
     wnet.zero_grad(set_to_none=True)
-    loss_v, _ = baselines.fm_loss(vnet, cfg.fm(), x0, y)
+    loss_v, _ = baselines.flow_matching_loss(vnet, cfg.fm(), x0, y)
     loss_v.backward()
     assert has_grad(vnet) and no_grad(wnet)
     vnet.zero_grad(set_to_none=True)
@@ -334,7 +337,7 @@ def _held_out_loss(name, method, batch):
     g = torch.Generator().manual_seed(0)
     nets, cfg = method.nets, method.config
     if name == "fm":
-        return baselines.fm_loss(nets["v"], cfg, batch, generator=g)[0].item()
+        return baselines.flow_matching_loss(nets["v"], cfg, batch, generator=g)[0].item()
     if name == "meanflow":
         return baselines.meanflow_loss(nets["u"], cfg, batch, generator=g)[0].item()
     return baselines.direct_loss(nets["w"], nets["v"], cfg, batch, generator=g)[0].item()

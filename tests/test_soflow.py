@@ -49,6 +49,9 @@ def cfg_for(schedule="linear", param="euler", **kw):
     ("r_init", 0.0), ("r_init", 1.5), ("r_end", 0.0), ("total_steps", 0), ("total_steps", 2.5),
     ("label_drop", 1.0), ("guidance_scale", 0.5), ("guidance_mix", 0.0), ("guidance_mix", 1.5), ("guidance_t_max", 0.0),
     ("num_classes", 0), ("mu_t", float("nan")), ("time_gap", 0.0), ("guidance_decay_k", 0.0),
+    # not finite: nan fails every comparison, inf passes some (eps > 0, sigma > 0, w >= 1)
+    ("eps", float("inf")), ("sigma_fm", float("inf")), ("guidance_scale", float("1e400")), ("mu_fm", float("-inf")),
+    ("r_init", float("nan")), ("p", float("inf")), ("guidance_decay_k", float("inf")), ("mu_s", "0.2"),
 ])
 def test_config_rejects_out_of_range_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -66,7 +69,8 @@ def test_config_rejects_increasing_r_and_guidance_without_labels():
         soflow.preset("imagenet512")
 
 
-def test_presets_match_the_spec():
+def test_presets_match_the_paper_and_the_release():
+    """The paper's Appendix A ('imagenet', 'cifar10') and the authors' imagenet.yaml and cifar.yaml."""
     p = soflow.PRESETS["imagenet"]
     assert (p.mu_fm, p.sigma_fm, p.mu_t, p.sigma_t, p.mu_s, p.sigma_s) == (-0.2, 1.0, 0.2, 0.8, -0.2, 0.8)
     assert (p.fm_ratio, p.p, p.r_init, p.r_end, p.guidance_scale, p.guidance_mix, p.label_drop) == (0.75, 1.0, 0.1, 1 / 320, 3.0, 0.25, 0.1)
@@ -432,6 +436,68 @@ def test_sampler_times_are_validated():
             soflow.sample_chain(net, cfg, x1, times=bad)
     with pytest.raises(ValueError, match="steps"):
         soflow.sample_renoise(net, cfg, x1, steps=0)
+
+
+def test_solution_with_a_precomputed_output_is_a_x_plus_b_F():
+    cfg = cfg_for(param="trig")
+    net = SmoothNet()
+    x, y = torch.randn(8, 2), torch.randint(0, 4, (8,))
+    t = torch.rand(8)
+    s = t * torch.rand(8)
+    F = torch.randn(8, 2)
+    a, b = torch.cos(math.pi / 2 * (s - t)), torch.sin(math.pi / 2 * (s - t))
+    torch.testing.assert_close(soflow.solution(None, cfg, x, t, s, F=F), a[:, None] * x + b[:, None] * F)
+    assert torch.equal(soflow.solution(net, cfg, x, t, s, y), soflow.solution(None, cfg, x, t, s, F=net(x, t, s, y)))
+
+
+def test_trajectory_solution_and_euler_paths():
+    """'solution': f(x1, 1, s) at each time, starting at x1 exactly; 'euler': one Euler step on the
+    velocity head per interval, written out here, ending where sample_euler ends."""
+    torch.manual_seed(0)
+    net, cfg = SmoothNet(), cfg_for()
+    x1, y = torch.randn(16, 2), torch.randint(0, 4, (16,))
+    times = [1.0, 0.7, 0.25, 0.0]
+    path = soflow.trajectory(net, cfg, x1, times, "solution", y)
+    assert path.shape == (4, 16, 2) and torch.equal(path[0], x1)
+    for i, s in enumerate(times):
+        one = torch.ones(16)
+        torch.testing.assert_close(path[i], x1 + (s - 1) * net(x1, one, s * one, y).detach())
+    path = soflow.trajectory(net, cfg, x1, times, "euler", y)
+    x = x1
+    for i, (t, s) in enumerate(zip(times, times[1:])):
+        x = x + (s - t) * net(x, torch.full((16,), t), torch.full((16,), t), y).detach()
+        torch.testing.assert_close(path[i + 1], x)
+    assert torch.equal(path[-1], soflow.sample_euler(net, cfg, x1, y, times=times))
+    with pytest.raises(ValueError, match="kind"):
+        soflow.trajectory(net, cfg, x1, times, "chain")
+    with pytest.raises(ValueError, match="times"):
+        soflow.trajectory(net, cfg, x1, [1.0, 0.5])
+
+
+class CountingNet(SmoothNet):
+    """Counts the rows the network sees, with and without gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = {True: 0, False: 0}
+
+    def forward(self, x, t, s, y=None):
+        self.rows[torch.is_grad_enabled()] += x.shape[0]
+        return super().forward(x, t, s, y)
+
+
+@pytest.mark.parametrize("guided", [True, False])
+@pytest.mark.parametrize("fm_ratio", [0.0, 0.25, 0.75, 1.0])
+@pytest.mark.parametrize("batch", [1, 7, 32])
+def test_forward_passes_counts_the_network_calls(guided, fm_ratio, batch):
+    cfg = cfg_for(fm_ratio=fm_ratio, guidance_scale=3.0 if guided else 1.0, guidance_mix=0.25 if guided else 1.0)
+    net = CountingNet()
+    soflow.soflow_loss(net, cfg, torch.randn(batch, 2), torch.randint(0, 3, (batch,)))
+    assert soflow.forward_passes(cfg, batch) == (net.rows[True], net.rows[False])
+    unconditional = soflow.SoFlowConfig(fm_ratio=fm_ratio, num_classes=None, guidance_scale=1.0, guidance_mix=1.0)
+    net = CountingNet()
+    soflow.soflow_loss(net, unconditional, torch.randn(batch, 2))
+    assert soflow.forward_passes(unconditional, batch) == (net.rows[True], net.rows[False])
 
 
 def test_fm_count_rounds_half_up():
