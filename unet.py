@@ -207,7 +207,8 @@ class UNet(nn.Module):
             y = torch.full((N,), self.num_classes, dtype=torch.long, device=x.device) if y is None else y
             if y.shape != (N,) or y.is_floating_point():
                 raise ValueError(f"y must be integer labels of shape ({N},), got {y.dtype} {tuple(y.shape)}")
-            onehot = F.one_hot(y, self.num_classes + 1)[:, :self.num_classes]       # the null label: zeros
+            onehot = y[:, None] == torch.arange(self.num_classes, device=y.device)   # null label: 0s; F.one_hot syncs
+            torch._assert_async(((y >= 0) & (y <= self.num_classes)).all(), f"class values must be in [0, {self.num_classes}]")
             emb = emb + self.map_label(onehot.to(emb.dtype) * math.sqrt(self.num_classes))
         elif y is not None:
             raise ValueError("this U-Net is unconditional (num_classes=0): call it with y=None")
