@@ -1,36 +1,31 @@
 """
-Train SoFlow on CIFAR-10, unconditional, in pixel space, with the U-Net of unet.py (the
-paper's App. A and the authors' cifar.yaml).
+Train SoFlow in pixel space with the U-Net of unet.py: unconditional CIFAR-10 as in the paper (App. A, the
+authors' cifar.yaml), the default, and small real datasets with labels and guidance (Sec. 4.3) on a laptop.
 
-    # the paper's run on one node of 8 GPUs (128 images per GPU, 1024 per step)
-    torchrun --nproc_per_node=8 train_cifar.py --preset cifar10
+    torchrun --nproc_per_node=8 train_cifar.py --preset cifar10      # the paper's run, 8 GPUs x 128 images
     # the authors' released recipe on 2 GPUs: 128 per GPU, 4 accumulation micro-steps
     torchrun --nproc_per_node=2 train_cifar.py --preset cifar10_released --micro_batch 128
-    python train_cifar.py --list_presets         # the named settings
-    python train_cifar.py --help                 # every setting, network argument and method field
+    torchrun --nproc_per_node=8 train_cifar.py --preset cifar10_guided   # CIFAR-10 with labels and guidance
+    python train_cifar.py --preset digits     # a laptop: 8x8 digits guided and not, side by side (< 10 min)
+    python train_cifar.py --preset mnist      # MNIST on a laptop's CPU (hours: see the README)
+    python train_cifar.py --list_presets      # the named settings; --help: every setting, network argument, method field
 
-Settings work as in train_imagenet.py: the plain values below, --name value overrides,
---preset NAME first; any unet.UNet argument (--model_channels 64) and any SoFlowConfig
-field (--p 0.5) as well. Outputs as train_imagenet.py's.
+Settings and outputs as train_imagenet.py's: the plain values below, --name value overrides, --preset NAME first;
+any unet.UNet argument (--model_channels 64) and SoFlowConfig field (--p 0.5), in a preset too.
 
-Data: torchvision's CIFAR-10 (the 50,000 training images) in --data_dir, downloaded there
-if missing; pixels to [-1, 1]; the whole set lives on the device.
-
-Augmentation (the authors' recipe, after EDM's pipeline): each image is flipped
-horizontally with probability `xflip`, and with probability `augment_p` each of three
-geometric transforms is drawn: isotropic scaling by 2^(0.2 w), anisotropic scaling by
-2^(0.2 w) along a direction (rotated by an angle uniform in [-pi, pi) in half of the
-cases) and 1 / 2^(0.2 w) across it, and a translation by 0.125 x size x (w_x, w_y), all
-w ~ N(0, 1), applied as one bilinear resampling with mirrored borders (EDM has more
-transforms and resamples on a wavelet-filtered 2x grid; these four are the recipe's). The
-network sees what was done through its 6-dim augmentation label, in EDM's order,
-[flip, w_scale, w_aniso cos r, w_aniso sin r, w_x, w_y] (0 where not drawn), so that
-sampling with no label asks for un-augmented images.
+Data (--dataset), pixels to [-1, 1], the whole set on the device: torchvision's 'cifar10' (50,000 training
+images, 3 x 32 x 32) and 'mnist' (60,000, 1 x 28 x 28: the U-Net halves 28 to 14 and 7) in --data_dir,
+downloaded there if missing; scikit-learn's bundled 'digits' (1,797, 1 x 8 x 8, values 0..16). A
+class-conditional method (--method=imagenet, the presets' but cifar10's) trains on the labels: the U-Net
+takes num_classes from the data, the null label is index num_classes (label dropout as EDM's), targets
+mix velocities with guidance (Eq. 19), baked in at training: --compare=True shows what it does (compare()).
 """
 
 import functools
+import inspect
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -45,9 +40,10 @@ import unet
 
 # -----------------------------------------------------------------------------
 preset = ""                        # named settings applied first (PRESETS below)
-method = "cifar10"                 # soflow.PRESETS entry: 'cifar10' (paper) or 'cifar10_released'
-data_dir = "data"                  # torchvision's CIFAR-10 root (holds cifar-10-batches-py/)
-download = True                    # download CIFAR-10 into data_dir if it is not there
+dataset = "cifar10"                # 'cifar10', 'mnist' (torchvision's) or 'digits' (scikit-learn's 8x8)
+method = "cifar10"                 # soflow.PRESETS entry: 'cifar10' (paper), 'cifar10_released'; with labels 'imagenet'
+data_dir = "data"                  # torchvision's root (holds cifar-10-batches-py/, MNIST/raw/)
+download = True                    # download CIFAR-10 or MNIST into data_dir if it is not there
 out_dir = "out/cifar10"
 init_from = ""                     # fine-tune: our checkpoint, a released file or configuration name
 steps = 800_000                    # optimizer steps of the run; also K of r(k, K)
@@ -72,12 +68,15 @@ log_every = 100                    # a log row (one host-device sync) every N st
 ckpt_every = 5000                  # a checkpoint every N steps and at the end; 0 = at the end only
 keep_every = 0                     # also keep ckpt_STEP.pt every N steps; 0 = only the latest
 sample_every = 10_000              # EMA sample grid and loss plot every N steps; 0 = never
-num_samples = 64                   # images in the sample grid
+num_samples = 64                   # images in the sample grid (with labels: a row of num_samples // classes a class)
+compare = False                    # first train without guidance into out_dir/no_guidance; compare.png, judge()
 stop_at = 0                        # stop (after a checkpoint) at this step
 peak_tflops = 0.0                  # the accelerator's dense bf16 TFLOP/s for MFU; 0 = from its name
 progress = True                    # a tqdm bar on rank 0
 # -----------------------------------------------------------------------------
 SETTINGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+NET_ARGS = set(inspect.signature(unet.UNet).parameters)
+FIELDS = soflow.SoFlowConfig().to_dict()
 
 # The paper's setting (App. A: batch 1024, 800K steps, RAdam lr 1e-4) and the authors'
 # cifar.yaml; they differ in the method's values only (the EMA interval, the augmentation
@@ -85,41 +84,74 @@ SETTINGS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 PRESETS = {name: dict(method=name, steps=800_000, batch_size=1024, optimizer="radam", lr=1e-4, beta1=0.9,
                       beta2=0.999, ema_decay=0.9999, ema_every=16, ema_dtype="float64", augment_p=0.12, xflip=0.5)
            for name in ("cifar10", "cifar10_released")}
-CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+# Beyond the paper, unmeasured: labels, the CIFAR-10 time settings, ImageNet's label dropout and w = 3, m = 0.25
+PIXELS = {k: v for k, v in soflow.PRESETS["cifar10"].to_dict().items() if k not in (*soflow.UNCONDITIONAL, "total_steps")}
+PRESETS["cifar10_guided"] = dict(PRESETS["cifar10"], method="imagenet", **PIXELS)
+# A laptop's CPU, by measurement (BENCHMARKS.md); no augmentation (no flips: a mirrored digit is not a digit)
+LAPTOP = dict(PIXELS, method="imagenet", optimizer="adam", beta2=0.99, ema_every=1, ema_dtype="float32", augment_p=0.0,
+              xflip=0.0, log_every=100, num_samples=100, guidance_scale=2.0, dropout=0.0, augment_dim=0, num_blocks=1)
+PRESETS["digits"] = dict(LAPTOP, dataset="digits", out_dir="out/digits", steps=1000, batch_size=64, lr=1e-3,
+                         ema_decay=0.99, ckpt_every=500, sample_every=500, compare=True, model_channels=16,
+                         channel_mult=(1, 2), attn_resolutions=(), noise_channels=16)
+PRESETS["mnist"] = dict(LAPTOP, dataset="mnist", out_dir="out/mnist", steps=10_000, batch_size=128, lr=1e-3,
+                        ema_decay=0.999, ckpt_every=1000, sample_every=2000, model_channels=32,
+                        channel_mult=(1, 2, 2), attn_resolutions=(7,), noise_channels=32)
+# resolution, channels, classes, largest pixel value (x / (max / 2) - 1 is in [-1, 1]); for torchvision's
+# data, its name, the folder of its files under data_dir and how to get them by hand
+DATASETS = {"digits": (8, 1, 10, 16),
+            "mnist": (28, 1, 10, 255, "MNIST", os.path.join("MNIST", "raw"),
+                      "gunzip the four files of https://ossci-datasets.s3.amazonaws.com/mnist/ into {folder}/"),
+            "cifar10": (32, 3, 10, 255, "CIFAR-10", "cifar-10-batches-py",
+                        "extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {root}/")}
 
 
-def load_cifar10(root, download, rank):
-    """The training images, uint8 (N, 3, 32, 32), through torchvision, or a message that says
-    how to get them."""
-    from torchvision.datasets import CIFAR10
-    folder = os.path.join(root, "cifar-10-batches-py")
-    how = (f"get it on a machine with internet access (python -c \"import torchvision; torchvision.datasets."
-           f"CIFAR10('{root}', download=True)\") and copy {folder}/ here, or extract "
-           f"https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {root}/")
-    if not all(os.path.isfile(os.path.join(folder, f)) for f in CIFAR_FILES):
+def load_data(name, root, download, rank):
+    """The training images, uint8 (N, C, R, R), and their labels, int64 (N,): scikit-learn's
+    digits, or CIFAR-10 / MNIST through torchvision, or a message that says how to get them."""
+    R, channels, K, _, *torchvision_data = DATASETS[name]
+    if name == "digits":
+        from sklearn.datasets import load_digits
+        return torch.from_numpy((d := load_digits()).images.astype(np.uint8))[:, None], torch.from_numpy(d.target).long()
+    import torchvision.datasets
+    title, sub, by_hand = torchvision_data
+    cls, folder = getattr(torchvision.datasets, title.replace("-", "")), os.path.join(root, sub)
+    how = (f"get it on a machine with internet access (python -c \"import torchvision; torchvision.datasets.{cls.__name__}"
+           f"('{root}', download=True)\") and copy {folder}/ here, or " + by_hand.format(root=root, folder=folder))
+    if not os.path.isdir(folder):
         if not download:
-            raise SystemExit(f"error: CIFAR-10 is not in {folder}/ (--download=False); {how}")
+            raise SystemExit(f"error: {title} is not in {folder}/ (--download=False); {how}")
         if rank == 0:
             try:
-                CIFAR10(root=root, train=True, download=True)
+                cls(root=root, train=True, download=True)
             except Exception as e:           # offline, proxy, disk full: the same way out
-                raise SystemExit(f"error: CIFAR-10 is not in {folder}/ and could not be downloaded "
+                raise SystemExit(f"error: {title} is not in {folder}/ and could not be downloaded "
                                  f"({type(e).__name__}: {e}); {how}") from None
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
     try:
-        ds = CIFAR10(root=root, train=True, download=False)
-        x = np.asarray(ds.data)
-        if x.dtype != np.uint8 or x.shape[1:] != (32, 32, 3) or len(ds.targets) != len(x):
-            raise ValueError(f"images {x.dtype} {x.shape} and {len(ds.targets)} labels")
+        ds = cls(root=root, train=True, download=False)
+        x, y = torch.as_tensor(np.asarray(ds.data)), torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+        x = x[..., None] if x.ndim == 3 else x                       # MNIST: (N, 28, 28)
+        if x.dtype != torch.uint8 or x.shape[1:] != (R, R, channels) or y.shape != x.shape[:1] or not (
+                (y >= 0) & (y < K)).all():
+            raise ValueError(f"{x.dtype} {tuple(x.shape)}, {len(y)} labels: expected uint8 (N, {R}, {R}, "
+                             f"{channels}), N labels in [0, {K})")
     except Exception as e:                   # any unreadable file: the same way out
-        raise SystemExit(f"error: malformed CIFAR-10 in {folder}/ ({type(e).__name__}: {e}); delete the folder; "
+        raise SystemExit(f"error: malformed {title} in {folder}/ ({type(e).__name__}: {e}); delete the folder; "
                          f"{how}") from None
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    return x.permute(0, 3, 1, 2).contiguous(), y
 
 
 def augment(x, p=0.12, xflip=0.5):
-    """Augment images x (N, C, H, W) in [-1, 1]; returns (images, labels (N, 6))."""
+    """Images x (N, C, H, W) in [-1, 1] augmented by the authors' recipe (after EDM's pipeline), and their
+    labels (N, 6). Each image is flipped horizontally with probability `xflip`, and with probability `p` each of
+    three geometric transforms is drawn: isotropic scaling by 2^(0.2 w), anisotropic scaling by 2^(0.2 w) along
+    a direction (rotated by an angle uniform in [-pi, pi) in half of the cases) and 1 / 2^(0.2 w) across it, and
+    a translation by 0.125 x size x (w_x, w_y), all w ~ N(0, 1), applied as one bilinear resampling with
+    mirrored borders (EDM has more transforms and resamples on a wavelet-filtered 2x grid; these four are the
+    recipe's). The network sees what was done through its 6-dim augmentation label, in EDM's order, [flip,
+    w_scale, w_aniso cos r, w_aniso sin r, w_x, w_y] (0 where not drawn), so that sampling with no label asks
+    for un-augmented images."""
     N, dev = x.shape[0], x.device
     u = lambda: torch.rand(N, device=dev)
     drawn = lambda w: torch.where(u() < p, w, torch.zeros_like(w))
@@ -151,48 +183,101 @@ def warp(x, flip, scale, aniso, angle, tx, ty):
     return torch.where(moved[:, None, None, None], warped, x)
 
 
-def inputs(images, p, xflip, labels):
-    """A micro-batch for the loss: uint8 -> [-1, 1] -> augmented; with `labels`, every network
-    call of soflow_loss gets the augmentation labels of its own images (net_kwargs)."""
-    x0, aug = augment(images.float() / 127.5 - 1, p, xflip)
-    return x0, None, {"augment_labels": aug} if labels else None
+def inputs(images, y, vmax, p, xflip, augment_labels, labelled):
+    """A micro-batch for the loss: uint8 -> [-1, 1] -> augmented; the class labels if `labelled`;
+    with `augment_labels`, every network call of soflow_loss gets those of its own images."""
+    x0, aug = augment(images.float() / (vmax / 2) - 1, p, xflip)
+    return x0, y if labelled else None, {"augment_labels": aug} if augment_labels else None
+
+
+def save_grid(path, x, nrow=8):
+    """Images in [-1, 1] as one PNG, nrow a row; small ones (8x8 digits) drawn 4 times larger."""
+    k = max(1, 32 // x.shape[-1])
+    checkpoints.save_grid(path, checkpoints.to_uint8(x).repeat_interleave(k, 1).repeat_interleave(k, 2), nrow)
+
+
+@torch.no_grad()
+def judge(net, cfg, images, labels, per_class=200, seed=0):
+    """(class accuracy, Frechet distance) of 1-NFE samples, per_class of each class from the noise of
+    `seed`: the share that a logistic-regression classifier fitted on the real images puts in their
+    class, and the Frechet distance (fid.frechet_distance) to the real images in the real images'
+    20-dim PCA space. images: (N, C, R, R) in [-1, 1], labels (N,)."""
+    import fid
+    from sklearn import decomposition, linear_model
+    real, labels = images.flatten(1).double().cpu().numpy(), labels.cpu().numpy()
+    y = torch.arange(cfg.num_classes).repeat_interleave(per_class)
+    x1 = torch.randn(len(y), *images.shape[1:], generator=torch.Generator().manual_seed(seed))
+    p = next(net.parameters())
+    fake = soflow.sample(net, cfg, x1.to(p), y.to(p.device)).float().clamp(-1, 1).flatten(1).double().cpu().numpy()
+    accuracy = (linear_model.LogisticRegression(max_iter=1000).fit(real, labels).predict(fake) == y.numpy()).mean()
+    a, b = (pca := decomposition.PCA(20).fit(real)).transform(real), pca.transform(fake)
+    return float(accuracy), fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def compare(net, cfg, out_dir, noise, y, images, labels):
+    """--compare=True: this run (guided) came after the same run without guidance (guidance_scale = guidance_mix
+    = 1) in out_dir/no_guidance. compare.png, a row per class: this run's 1-NFE samples, a gap, that run's from
+    the same noise; both runs' judge() figures, printed."""
+    other, other_cfg = checkpoints.load_model(os.path.join(out_dir, "no_guidance", "ckpt.pt"))[:2]
+    runs = (("guidance", net, cfg), ("no guidance", other.to(noise.device), other_cfg))
+    a, b = (soflow.sample(m, c, noise.to(next(m.parameters()).dtype), y).float() for _, m, c in runs)
+    per = len(y) // cfg.num_classes
+    rows = [torch.cat([a[i:i + per], torch.zeros_like(a[:1]), b[i:i + per]]) for i in range(0, len(y), per)]
+    save_grid(os.path.join(out_dir, "compare.png"), torch.cat(rows), nrow=2 * per + 1)
+    for title, m, c in runs:
+        print("{} (w = {:g}, m = {:g}), 1 NFE: class accuracy {:.3f}, Frechet distance (PCA-20) {:.3f}".format(
+            title, c.guidance_scale, c.guidance_mix, *judge(m, c, images, labels)), flush=True)
 
 
 def main(argv=None):
-    C = trainer.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, fixed=("img_resolution", "in_channels"))
+    C = trainer.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, choices={"dataset": tuple(DATASETS)},
+                          fixed=("img_resolution", "in_channels", "num_classes"))
+    for k, v in PRESETS.get(C.preset, {}).items():     # a preset's network arguments and method fields, under the options'
+        (C.net_args if k in NET_ARGS else C.method_args if k in FIELDS else {}).setdefault(k, v)
     rank, world, _ = trainer.world()
     micro, accum = trainer.accumulation(C, world)          # every setting is checked before any compute
-    cfg = trainer.method_config(C)
-    if cfg.num_classes is not None:
-        raise SystemExit(f"error: --method={C.method} is class-conditional; CIFAR-10 is trained unconditionally")
+    R, channels, K, vmax = DATASETS[C.dataset][:4]
+    cfg = trainer.method_config(C, K)
+    labelled = cfg.num_classes is not None
+    if C.compare and not cfg.guided:
+        raise SystemExit(f"error: --compare=True compares guidance with none, but --method={C.method} (with the "
+                         f"given fields) trains without guidance: use a class-conditional method, --guidance_scale > 1")
+    if C.xflip and C.dataset != "cifar10":
+        raise SystemExit(f"error: --xflip={C.xflip}: a mirrored digit is not a digit; use --xflip=0 on {C.dataset}")
+    net_args = dict(img_resolution=R, in_channels=channels, num_classes=K if labelled else 0, **C.net_args)
     try:
         with torch.device("meta"):
-            probe = unet.UNet(img_resolution=32, in_channels=3, **C.net_args)
+            probe = unet.UNet(**net_args)
         if C.augment_p > 0 and probe.augment_dim != 6:
             raise ValueError(f"--augment_p > 0 needs the 6-dim augmentation label (--augment_dim=6), else the "
                              f"network learns to make scaled and shifted images")
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: the network: {e}") from None
     run = trainer.Run(C, rank, world)
+    if C.compare:                                 # the same run without guidance first
+        main([*(sys.argv[1:] if argv is None else argv), f"--out_dir={os.path.join(C.out_dir, 'no_guidance')}",
+              "--guidance_scale=1", "--guidance_mix=1", "--compare=False"])
 
     rank, world, device = trainer.setup(C.device)
-    images = load_cifar10(C.data_dir, C.download, rank)
+    images, labels = load_data(C.dataset, C.data_dir, C.download, rank)
     if len(images) < C.batch_size:
-        raise SystemExit(f"error: CIFAR-10 in {C.data_dir} holds {len(images)} images, fewer than one batch of "
-                         f"--batch_size={C.batch_size}")
-    images = images.to(device)
+        raise SystemExit(f"error: {C.dataset} holds {len(images)} images, fewer than --batch_size={C.batch_size}")
+    images, labels = images.to(device), labels.to(device)
     torch.manual_seed(C.seed)                                 # the same initial weights in every process
-    net = unet.UNet(img_resolution=32, in_channels=3, **C.net_args).to(device)
+    net = unet.UNet(**net_args).to(device)
     ema = trainer.EMA(net, C.ema_decay, C.ema_every, C.ema_dtype)
     opt = trainer.make_optimizer(C, net, device)
     config = {"script": "train_cifar", "net": {"kind": "unet", **net.config}, "soflow": cfg.to_dict(),
-              "data": {"kind": "pixels", "dataset": "cifar10", "image_size": 32, "num_classes": None,
-                       "num_items": len(images)},
+              "data": {"kind": "pixels", "dataset": C.dataset, "image_size": R, "channels": channels,
+                       "num_classes": K if labelled else None, "num_items": len(images)},
               "train": {k: getattr(C, k) for k in SETTINGS}}
     step = run.resume(config, net, ema, opt)
     if step == 0 and C.init_from:
         trainer.init_weights(net, ema, C.init_from)
-    show = torch.randn(C.num_samples, 3, 32, 32, generator=torch.Generator().manual_seed(C.seed)).to(device)
+    per = max(1, C.num_samples // K) if labelled else 8                     # the grid: a row per class, or 8
+    show_y = torch.arange(K, device=device).repeat_interleave(per) if labelled else None
+    show = torch.randn(per * K if labelled else C.num_samples, channels, R, R,
+                       generator=torch.Generator().manual_seed(C.seed)).to(device)
 
     compiled = C.compile == "on" or (C.compile == "auto" and device.type == "cuda")
     if compiled and net.config["dropout"] > 0:
@@ -200,7 +285,8 @@ def main(argv=None):
         # target pass (soflow.scm_loss): compiled graphs must draw exactly what eager draws
         torch._inductor.config.fallback_random = True
     model = trainer.Objective(torch.compile(net) if compiled else net, cfg,
-                              functools.partial(inputs, p=C.augment_p, xflip=C.xflip, labels=bool(net.augment_dim)))
+                              functools.partial(inputs, vmax=vmax, p=C.augment_p, xflip=C.xflip,
+                                                augment_labels=bool(net.augment_dim), labelled=labelled))
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                     broadcast_buffers=False, gradient_as_bucket_view=True)
@@ -210,14 +296,14 @@ def main(argv=None):
     peak = trainer.peak_tflops(device, C.peak_tflops)
     end = min(C.stop_at or C.steps, C.steps)
     if rank == 0:
-        print(f"U-Net {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters | {len(images)} images | "
-              f"batch {C.batch_size} = {micro} x {accum} accumulation x {world} processes | {device}"
-              f"{', compiled' if compiled else ''}", flush=True)
+        print(f"U-Net {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters | {len(images)} {C.dataset} "
+              f"images {channels}x{R}x{R}, {f'{K} classes' if labelled else 'unconditional'} | batch {C.batch_size} = "
+              f"{micro} x {accum} accumulation x {world} processes | {device}{', compiled' if compiled else ''}", flush=True)
     bar = tqdm(total=end, initial=step, disable=rank != 0 or not C.progress, dynamic_ncols=True)
 
     while step < end:                                         # the loop: one optimizer step each
         idx = torch.from_numpy(trainer.step_indices(len(images), C.batch_size, C.seed, step)).to(device)
-        batch = [(images[idx[sl]],) for _, sl in trainer.micro_slices(C.batch_size, micro, rank, world)]
+        batch = [(images[idx[sl]], labels[idx[sl]]) for _, sl in trainer.micro_slices(C.batch_size, micro, rank, world)]
         logs = trainer.train_step(model, opt, ema, net, batch, step, C, rank, world, device, autocast)
         step += 1
         run.add(logs, step)
@@ -230,10 +316,13 @@ def main(argv=None):
             run.save(step, config, net, ema, opt)
         if C.sample_every and (step % C.sample_every == 0 or step == end) and rank == 0:
             with run.paused(), torch.no_grad(), autocast:
-                x = soflow.sample(ema.net, cfg, show.to(next(ema.net.parameters()).dtype))
-                checkpoints.save_grid(os.path.join(C.out_dir, f"samples_{step:07d}.png"), checkpoints.to_uint8(x))
+                x = soflow.sample(ema.net, cfg, show.to(next(ema.net.parameters()).dtype), show_y)
+                save_grid(os.path.join(C.out_dir, f"samples_{step:07d}.png"), x, nrow=per)
                 trainer.plot_log(run.log_path, os.path.join(C.out_dir, "loss.png"))
     bar.close()
+    if C.compare and rank == 0:
+        with torch.no_grad(), autocast:
+            compare(ema.net, cfg, C.out_dir, show, show_y, images.float() / (vmax / 2) - 1, labels)
     return trainer.finish(net, step, run)
 
 

@@ -1,15 +1,13 @@
-"""Tests of train_imagenet.py and train_cifar.py on the CPU, on data made here (a tiny
-image folder encoded by a tiny random AutoencoderKL; fake CIFAR-10 pickles in
-torchvision's on-disk format) with tiny networks: runs and outputs, the checkpoint
-format, bit-identical resumption, a two-process torchrun (gloo) run against a
-one-process run with gradient accumulation, atomic checkpoints under a killed write,
-non-finite losses, every bad input's message, the EDM-style augmentation against the
-geometry it describes, the data order, the EMA, and the FLOP count of a step against
-torch's FLOP counter."""
+"""Tests of train_imagenet.py and of what the training scripts share, on the CPU, on data
+made here (a tiny image folder encoded by a tiny random AutoencoderKL) with tiny networks:
+runs and outputs, the checkpoint format, bit-identical resumption, a two-process torchrun
+(gloo) run against a one-process run with gradient accumulation, atomic checkpoints under
+a killed write, non-finite losses, every bad input's message, the data order, the EMA,
+and the FLOP count of a step against torch's FLOP counter. train_cifar.py's own tests
+(CIFAR-10, MNIST, digits, augmentation) are in test_train_cifar.py."""
 
 import math
 import os
-import pickle
 import re
 import socket
 import subprocess
@@ -31,8 +29,6 @@ import unet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIT = ["--model=T/2", "--depth=1", "--hidden_size=32", "--num_heads=2", "--progress=False", "--sample_every=0",
        "--num_workers=0"]
-UNET = ["--model_channels=16", "--channel_mult=(1,2)", "--num_blocks=1", "--noise_channels=16", "--emb_mult=1",
-        "--progress=False", "--sample_every=0", "--augment_p=0.5", "--ema_every=2"]
 
 # ----------------------------------------------------------------------------- data
 
@@ -58,39 +54,8 @@ def latents(tmp_path_factory):
     return root / "lat"
 
 
-def write_cifar(root, per_batch=4, bad=False):
-    """CIFAR-10 as torchvision stores it: cifar-10-batches-py/data_batch_1..5, test_batch,
-    batches.meta (pickled dicts, images as uint8 rows of 3072 = 3 x 32 x 32)."""
-    rng = np.random.default_rng(1)
-    base = os.path.join(root, "cifar-10-batches-py")
-    os.makedirs(base, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (per_batch, 3000 if bad and name == "data_batch_2" else 3072), dtype=np.uint8)
-        with open(os.path.join(base, name), "wb") as f:
-            pickle.dump({"batch_label": name, "labels": rng.integers(0, 10, per_batch).tolist(), "data": data,
-                         "filenames": [f"{i}.png" for i in range(per_batch)]}, f)
-    with open(os.path.join(base, "batches.meta"), "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
-    return root
-
-
-@pytest.fixture
-def cifar(tmp_path, monkeypatch):
-    """Fake CIFAR-10 (20 training images). torchvision checks the real files' MD5 sums;
-    here it accepts any file that exists."""
-    import torchvision.datasets.cifar as tvc
-    monkeypatch.setattr(tvc, "check_integrity", lambda path, md5=None: os.path.isfile(path))
-    return write_cifar(str(tmp_path / "cifar"))
-
-
 def run_imagenet(lat, out, *extra):
     return T.main([f"--data={lat}", f"--out_dir={out}", *DIT, "--batch_size=4", *extra])
-
-
-def run_cifar(root, out, *extra):
-    return train_cifar.main([f"--data_dir={root}", f"--out_dir={out}", *UNET, "--batch_size=4", "--download=False",
-                             *extra])
 
 
 def load(path):
@@ -163,59 +128,6 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
     assert load(out / "ckpt_0000002.pt")["step"] == 2
 
 
-def test_cifar_run_writes_checkpoint_with_float64_ema(cifar, tmp_path):
-    out = tmp_path / "run"
-    assert run_cifar(cifar, out, "--steps=4", "--micro_batch=2", "--log_every=2", "--sample_every=4",
-                     "--num_samples=4") == 4
-    assert {"ckpt.pt", "log.csv", "loss.png", "samples_0000004.png"} <= set(os.listdir(out))
-    ck = load(out / "ckpt.pt")
-    cfg = ck["config"]
-    assert cfg["script"] == "train_cifar" and cfg["data"]["kind"] == "pixels" and cfg["data"]["num_classes"] is None
-    net_cfg = dict(cfg["net"])
-    assert net_cfg.pop("kind") == "unet"
-    net = unet.UNet(**net_cfg)
-    net.load_state_dict(ck["model"], strict=True)
-    net.load_state_dict(ck["ema"], strict=True)
-    assert all(v.dtype == torch.float64 for v in ck["ema"].values())
-    assert soflow.SoFlowConfig(**cfg["soflow"]) == soflow.preset("cifar10", total_steps=4)
-    assert ck["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
-    assert cfg["train"]["optimizer"] == "radam"
-
-
-def test_cifar_objective_feeds_each_image_its_augmentation_label(monkeypatch):
-    """Both halves of the batch (flow matching, consistency) reach the network with the
-    labels of their own images, in every call soflow_loss makes."""
-    torch.manual_seed(0)
-    calls = []
-
-    class Probe(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, t, s, y=None, augment_labels=None):
-            calls.append((x.shape[0], augment_labels))
-            return x * self.w
-
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    seen = {}
-    real_augment = train_cifar.augment
-
-    def spy(x, p, xflip):
-        out, lab = real_augment(x, p, xflip)
-        seen["labels"] = lab
-        return out, lab
-
-    monkeypatch.setattr(train_cifar, "augment", spy)
-    cfg = soflow.preset("cifar10", total_steps=10)             # lambda = 0.25: 2 + 6 images
-    import functools
-    obj = trainer.Objective(Probe(), cfg, functools.partial(train_cifar.inputs, p=1.0, xflip=0.5, labels=True))
-    loss, logs = obj(0, images)
-    lab = seen["labels"]
-    assert [n for n, _ in calls] == [2, 6, 6]                  # FM forward, SCM forward, SCM target
-    assert torch.equal(calls[0][1], lab[:2]) and torch.equal(calls[1][1], lab[2:]) and torch.equal(calls[2][1], lab[2:])
-    assert {"loss", "fm_mse", "fm_weight", "scm_mse", "scm_weight"} == set(logs)
-
 # ----------------------------------------------------------------------------- resumption
 
 
@@ -228,18 +140,6 @@ def test_imagenet_resume_is_bit_identical(latents, tmp_path):
     assert_same_state(load(tmp_path / "full" / "ckpt.pt"), load(tmp_path / "cut" / "ckpt.pt"))
     import csv
     assert [r["step"] for r in csv.DictReader(open(tmp_path / "cut" / "log.csv"))] == ["3", "4", "5", "6"]
-
-
-def test_cifar_resume_is_bit_identical(cifar, tmp_path):
-    """Dropout, augmentation, the float64 EMA every 2 steps and RAdam's state all resume exactly."""
-    args = ["--steps=5", "--micro_batch=2", "--ckpt_every=0"]
-    run_cifar(cifar, tmp_path / "full", *args)
-    run_cifar(cifar, tmp_path / "cut", *args, "--stop_at=3")
-    run_cifar(cifar, tmp_path / "cut", *args)
-    a, b = load(tmp_path / "full" / "ckpt.pt"), load(tmp_path / "cut" / "ckpt.pt")
-    assert_same_state(a, b)
-    k = "dec.32x32_aux_conv.weight"          # (RAdam's first steps are plain momentum steps: tiny moves)
-    assert not torch.equal(a["ema"][k], a["model"][k].double())
 
 
 def test_resume_with_another_config_names_the_differences(latents, tmp_path):
@@ -354,18 +254,6 @@ def test_bad_config_values_fail_before_touching_the_data(tmp_path, capsys, arg, 
     assert not (tmp_path / "ckpt.pt").exists()
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("--augment_p=1.5", r"--augment_p=1\.5: must be in \[0, 1\]"),
-    ("--augment_dim=0", r"--augment_p > 0 needs the 6-dim augmentation label"),
-    ("--method=imagenet", r"class-conditional"),
-    ("--dropout=2.0", r"dropout=2.0: must be in \[0, 1\)"),
-])
-def test_bad_cifar_config_values(tmp_path, capsys, arg, message):
-    msg = error_of(train_cifar.main, [f"--data_dir={tmp_path}", f"--out_dir={tmp_path}", *UNET, "--batch_size=4",
-                                      "--download=False", arg], capsys)
-    assert re.search(message, msg), msg
-
-
 def test_batch_divisibility_across_processes(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert re.search(r"--batch_size=4 cannot be shared by 3 processes",
@@ -409,27 +297,6 @@ def test_unreadable_checkpoints_and_out_dir_say_so(latents, tmp_path):
         with pytest.raises(SystemExit, match=rf"ckpt\.pt {what}.*Delete it to start again"):
             run_imagenet(latents, tmp_path / "run", "--steps=4")
         assert (tmp_path / "run" / "ckpt.pt").read_bytes() == content           # nothing on disk damaged
-
-
-def test_missing_and_malformed_cifar(tmp_path, monkeypatch):
-    import torchvision
-    import torchvision.datasets.cifar as tvc
-    monkeypatch.setattr(tvc, "check_integrity", lambda path, md5=None: os.path.isfile(path))
-    with pytest.raises(SystemExit, match=r"(?s)CIFAR-10 is not in .*--download=False.*torchvision\.datasets\.CIFAR10\("):
-        run_cifar(str(tmp_path / "none"), tmp_path / "o")
-
-    def offline(self):
-        raise OSError("no network")
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    with pytest.raises(SystemExit, match=r"(?s)could not be downloaded \(OSError: no network\).*cifar-10-python\.tar\.gz"):
-        train_cifar.main([f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'o'}", *UNET, "--batch_size=4"])
-    write_cifar(str(tmp_path / "bad"), bad=True)
-    with pytest.raises(SystemExit, match=r"malformed CIFAR-10 in .*cifar-10-batches-py"):
-        run_cifar(str(tmp_path / "bad"), tmp_path / "o")
-    write_cifar(str(tmp_path / "small"))
-    with pytest.raises(SystemExit, match=r"holds 20 images, fewer than one batch of --batch_size=32"):
-        train_cifar.main([f"--data_dir={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", *UNET,
-                          "--batch_size=32", "--download=False"])
 
 
 SCRIPT_ERRORS = [   # (script, arguments, text the one line names): run as a user runs them
@@ -598,74 +465,3 @@ def test_step_flops_match_torch_flop_counter():
     with FlopCounterMode(display=False) as fc:
         u(torch.randn(3, 3, 32, 32), torch.rand(3), torch.zeros(3), augment_labels=torch.zeros(3, 6))
     assert fc.get_total_flops() == 3 * 2 * unet.flops(ucfg)
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def ramp(n=2, size=32):
-    """Images whose channels are the centered pixel coordinates: x (right), y (down)."""
-    c = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    img = torch.stack([c[None, :].expand(size, size), c[:, None].expand(size, size), torch.zeros(size, size)])
-    return img.expand(n, 3, size, size).clone()
-
-
-def warp1(x, flip=0.0, scale=1.0, aniso=1.0, angle=0.0, tx=0.0, ty=0.0):
-    n = x.shape[0]
-    f = lambda v: torch.full((n,), float(v))
-    return train_cifar.warp(x, f(flip), f(scale), f(aniso), f(angle), f(tx), f(ty))
-
-
-def test_augmentation_geometry():
-    x = ramp()
-    X, Y = x[0, 0], x[0, 1]
-    inner = lambda m, k: m[k:-k, k:-k]
-    assert torch.equal(warp1(x), x)                                          # identity: untouched
-    assert torch.equal(warp1(x, flip=1), x.flip(3))
-    # translation by (2, -3) pixels: the content moves right by 2 and up by 3
-    out = warp1(x, tx=2, ty=-3)
-    torch.testing.assert_close(out[0, :, 4:-4, 4:-4], x[0, :, 7:-1, 2:-6], atol=1e-4, rtol=0)
-    # zoom by 2 about the center: the pixel at p shows the point p / 2
-    out = warp1(x, scale=2.0)
-    torch.testing.assert_close(out[0, 0], X / 2, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out[0, 1], Y / 2, atol=1e-4, rtol=0)
-    # anisotropic, angle 0: stretched by 2 horizontally, squeezed by 2 vertically
-    out = warp1(x, aniso=2.0)
-    torch.testing.assert_close(out[0, 0], X / 2, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out[0, 1, 8:24], Y[8:24] * 2, atol=1e-4, rtol=0)
-    # angle pi / 2: the other way round
-    out = warp1(x, aniso=2.0, angle=math.pi / 2)
-    torch.testing.assert_close(out[0, 1], Y / 2, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out[0, 0, :, 8:24], X[:, 8:24] * 2, atol=1e-4, rtol=0)
-    # angle pi / 4 stretches along the diagonal (1, -1): the point p shows
-    # p - (1 - 1/a) (p.d) d - (1 - a) (p.e) e with d = (1, -1)/sqrt 2, e = (1, 1)/sqrt 2, a = 1.5
-    out = warp1(x, aniso=1.5, angle=math.pi / 4)
-    pd, pe = (X - Y) / 2, (X + Y) / 2            # (p.d) d and (p.e) e have these coordinates
-    qx = pd / 1.5 + pe * 1.5
-    qy = -pd / 1.5 + pe * 1.5
-    torch.testing.assert_close(inner(out[0, 0], 9), inner(qx, 9), atol=1e-4, rtol=0)
-    torch.testing.assert_close(inner(out[0, 1], 9), inner(qy, 9), atol=1e-4, rtol=0)
-    # composition: zoom by 2, then move right by 4
-    out = warp1(x, scale=2.0, tx=4.0)
-    torch.testing.assert_close(out[0, 0], (X - 4) / 2, atol=1e-4, rtol=0)
-
-
-def test_augmentation_labels_and_probabilities():
-    torch.manual_seed(0)
-    x = torch.rand(4000, 3, 8, 8) * 2 - 1
-    out, lab = train_cifar.augment(x, p=0.0, xflip=0.5)                      # flips only
-    assert lab.shape == (4000, 6) and (lab[:, 1:] == 0).all()
-    flipped = lab[:, 0] == 1
-    assert 0.45 < flipped.float().mean() < 0.55
-    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
-    out, lab = train_cifar.augment(x, p=0.12, xflip=0.0)
-    assert (lab[:, 0] == 0).all()
-    for cols in ([1], [2, 3], [4, 5]):                                       # each drawn with probability p
-        drawn = (lab[:, cols] != 0).any(1).float().mean().item()
-        assert abs(drawn - 0.12) < 0.025
-    assert ((lab[:, 4] != 0) == (lab[:, 5] != 0)).all()                     # both translation coordinates together
-    w = lab[:, 1][lab[:, 1] != 0]
-    assert abs(w.mean().item()) < 0.2 and abs(w.std().item() - 1) < 0.15    # w ~ N(0, 1)
-    untouched = (lab == 0).all(1)
-    assert torch.equal(out[untouched], x[untouched])
-    aniso = lab[:, 2:4][(lab[:, 2:4] != 0).any(1)]
-    assert 0.35 < (aniso[:, 1] == 0).float().mean() < 0.65                  # angle 0 in half of the cases
