@@ -10,23 +10,23 @@ as a PNG grid and as the .npz that fid.py evaluates.
     torchrun --nproc_per_node=8 sample.py XL-2-cond --num_samples 50000 --batch_size 125 --out_dir out/xl2
     python sample.py --random_weights --model XL/2 --batch_size 256    # the throughput of a configuration
 
-Samplers (Sec. 4.3, in soflow.py), from noise x1 at t = 1: 1 NFE, f(x1, 1, 0); N steps on the grid
-1 > t1 > ... > 0 (--steps N, or --times 1,0.6,0) as released (--mode renoise: jump to data with
-f(x, t_i, 0), re-noise to t_{i+1}) or deterministic (--mode chain: x <- f(x, t_i, t_{i+1})). Latents
-are divided by their scale (0.18215) and decoded by the SD-VAE. Image i's noise (x1, then that of each
-re-noising) and random class come from (seed, i) alone: the same images for any batch size and any
-number of processes (torchrun: each makes every W-th batch; rank 0 merges them in order).
+Samplers (Sec. 4.3; soflow.py) from noise x1: 1 NFE, f(x1, 1, 0); N steps on 1 > t1 > ... > 0
+(--steps N or --times 1,0.6,0), as released (--mode renoise: jump to data with f(x, t_i, 0),
+re-noise to t_{i+1}) or deterministic (--mode chain: x <- f(x, t_i, t_{i+1})). Latents are
+decoded by the SD-VAE. Image i's noise and random class come from (seed, i) alone: the same
+images for any batch size and number of processes (each makes every W-th batch).
 
 In --out_dir (default out/sample/SOURCE-WEIGHTS-nfeN[-MODE][-tTIMES][-CLASSES]-seedS): samples.npz
-(uint8 (N, H, W, 3) under arr_0, the labels under arr_1: the ADM format fid.py reads, streamed),
-grid.png (the first --grid images; with given classes, one row per class), samples.json (the
-settings and the images per second, of the network alone and end to end).
+(uint8 (N, H, W, 3) under arr_0, labels under arr_1: the ADM format of fid.py), grid.png (the
+first --grid images; with given classes, a row per class) and samples.json (settings, images/s).
 """
 
 import argparse
 import json
+import os
 import sys
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -91,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("source", nargs="?", help="a released configuration (XL-2-cond, zlab-princeton/SoFlow/UNet-uncond), "
                    "its folder, or a checkpoint file")
     p.add_argument("--model", choices=(*dit.DIT_CONFIGS, "unet"), help="what a bare released file (or --random_weights) is")
-    p.add_argument("--net_args", default="{}", help="constructor arguments for --model, a JSON object")
+    p.add_argument("--net_args", type=json.loads, default={}, help="constructor arguments for --model, a JSON object")
     p.add_argument("--random_weights", action="store_true", help="no checkpoint: --model untrained (throughput)")
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
     p.add_argument("--steps", type=int, help="network evaluations on the uniform time grid (default 1)")
@@ -113,10 +113,6 @@ def parse_args(argv=None):
     for name, low in (("steps", 1), ("num_samples", 1), ("batch_size", 1), ("seed", 0), ("grid", 0)):
         if getattr(a, name) is not None and getattr(a, name) < low:
             p.error(f"--{name} {getattr(a, name)}: must be >= {low}")
-    try:
-        a.net_args = json.loads(a.net_args)
-    except json.JSONDecodeError as e:
-        p.error(f"--net_args {a.net_args}: not valid JSON ({e})")
     if not isinstance(a.net_args, dict):
         p.error(f"--net_args {a.net_args}: must be a JSON object like '{{\"num_classes\": 10}}'")
     if (a.source is None) != a.random_weights or (a.random_weights and a.model is None):
@@ -158,14 +154,10 @@ def out_name(a, path, classes):
     return Path("out/sample") / "-".join(tags + [f"seed{a.seed}"])
 
 
-def now(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def main(argv=None):
     a = parse_args(argv)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")     # the hub's retries would bury the one-line errors
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
     rank, world, device = trainer.setup(a.device)
     try:        # a user's mistake is one line, before any compute
         path = None if a.random_weights else checkpoints.resolve(a.source)
@@ -187,21 +179,22 @@ def main(argv=None):
     bf16 = a.precision == "bf16" or (a.precision == "auto" and device.type == "cuda")
     batches, part = rank_batches(a.num_samples, a.batch_size, rank, world), None
     part_path = lambda r: out / f".samples.rank{r}.npy"
+    now = lambda: (device.type == "cuda" and torch.cuda.synchronize(device), time.perf_counter())[1]  # the GPU done
     if rank == 0:
         print(f"{desc}; {a.num_samples} images, {nfe} NFE" + f" ({a.mode}, times {times})" * (nfe > 1) + f", {world} "
               f"process(es), batch {a.batch_size}, {'bf16' if bf16 else 'fp32'} on {device} -> {out}", file=sys.stderr)
 
-    seconds, counts = [], []            # per batch: (network, end to end)
+    seconds = []                        # per batch: (network, end to end)
     for b, idx in enumerate(tqdm(batches, unit="batch", desc=f"rank 0 of {world}", disable=rank != 0, file=sys.stderr)):
-        t0 = now(device)
+        t0 = now()
         x1, noise = image_noise(a.seed, idx, (net.in_channels, size, size), nfe - 1 if a.mode == "renoise" else 0)
         y = image_labels(a.seed, idx, classes, cfg.num_classes)
         x1, noise, y = x1.to(device), [e.to(device) for e in noise], None if y is None else y.to(device)
-        t1 = now(device)
+        t1 = now()
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             x = (soflow.sample_chain(model, cfg, x1, y, times=times) if a.mode == "chain" else
                  soflow.sample_renoise(model, cfg, x1, y, times=times, noise=noise))       # 1 NFE: the same
-        t2 = now(device)
+        t2 = now()
         if vae is not None:             # the decoder's activations are large: 32 images at a time
             x = torch.cat([vae.decode(z.to(vae.dtype) / data.get("latent_scale", checkpoints.LATENT_SCALE)).sample
                            for z in x.float().split(32)])
@@ -210,13 +203,12 @@ def main(argv=None):
         if part is None:
             part = np.lib.format.open_memmap(part_path(rank), "w+", np.uint8, (sum(map(len, batches)), *images.shape[1:]))
         part[b * a.batch_size:b * a.batch_size + len(idx)] = images
-        seconds.append((t2 - t1, now(device) - t0))
-        counts.append(len(idx))
+        seconds.append((t2 - t1, now() - t0))
     if part is not None:
         part.flush()
 
-    skip = 1 if len(counts) > 1 else 0  # images per second summed over the processes, without the warm-up batch
-    rates = torch.tensor([sum(counts[skip:]) / max(sum(s[i] for s in seconds[skip:]), 1e-12) for i in (0, 1)],
+    skip = 1 if len(batches) > 1 else 0     # images per second summed over the processes, without the warm-up batch
+    rates = torch.tensor([sum(map(len, batches[skip:])) / max(sum(s[i] for s in seconds[skip:]), 1e-12) for i in (0, 1)],
                          dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(rates)
@@ -235,10 +227,9 @@ def main(argv=None):
         parts = None                    # close the maps before the files go
         for r in range(world):
             part_path(r).unlink(missing_ok=True)
-        rates = rates.tolist()
         (out / "samples.json").write_text(json.dumps(dict(
             vars(a), path=path, model=desc, nfe=nfe, classes=classes, processes=world, device=str(device),
-            images_per_s_network=rates[0], images_per_s_end_to_end=rates[1]), indent=1))
+            images_per_s_network=(rates := rates.tolist())[0], images_per_s_end_to_end=rates[1]), indent=1))
         print(f"network{' (latents)' * bool(vae)}: {rates[0]:.2f} images/s, end to end{' (with VAE decode)' * bool(vae)}: "
               f"{rates[1]:.2f} images/s{' (first batch excluded)' * skip}, {world} process(es)")
         print(f"wrote {out / 'samples.npz'} ({'x'.join(map(str, shape))})" + f" and {out / 'grid.png'}" * bool(a.grid))

@@ -443,7 +443,7 @@ BAD = [  # (arguments after the checkpoint, which checkpoint, message)
     (["--seed=-1"], "project_unet.pt", "--seed -1: must be >= 0"),
     (["--num-samples=3"], "project_unet.pt", "unrecognized arguments: --num-samples=3"),
     (["--net_args=[1]"], "released_unet.pt", r"--net_args \[1\]: must be a JSON object"),
-    (["--net_args={depth: 2}"], "released_unet.pt", "--net_args {depth: 2}: not valid JSON"),
+    (["--net_args={depth: 2}"], "released_unet.pt", "argument --net_args: invalid loads value: '{depth: 2}'"),
     (["--model=unet", '--net_args={"depth": 2}'], "released_unet.pt", "net_args {'depth': 2}: .*unexpected keyword"),
     (["--model=unet", f"--net_args={json.dumps({**UNET_ARGS, 'model_channels': 8})}"], "released_unet.pt",
      r"'model_channels': 8.*shapes: map_layer0.weight: checkpoint \(64, 32\) vs network \(32, 32\).*\(\+\d+ more\)"),
