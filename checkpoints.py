@@ -124,16 +124,12 @@ YAML_TRAINING = """working_dir dataset_path ema_decay_rate learning_rate betas w
                    ckpt_saving_steps logging_steps seed""".split()
 
 
-def from_yaml(path):
-    """(network, SoFlowConfig, data settings) of a released configuration's config.yaml, as the
-    authors' models.py and train.py build them; a ValueError names the field it cannot map."""
+def from_yaml(y, where="config.yaml"):
+    """(network, SoFlowConfig, data settings) of a released configuration's config.yaml (as a dict), as
+    the authors' models.py and train.py build them; a ValueError names `where` and the field it cannot map."""
     def check(ok, message):
         if not ok:
-            raise ValueError(f"{path}: {message}")
-    try:
-        y = yaml.safe_load(open(path).read())
-    except yaml.YAMLError as e:
-        check(False, f"not YAML ({str(e).splitlines()[0]})")
+            raise ValueError(f"{where}: {message}")
     check(isinstance(y, dict), "not a mapping of field: value")
     used = {"data_size", *YAML_CHOICES, *(v[:-3] if v.endswith("]") else v for v in YAML_FIELDS.values())}
     check(not (unknown := sorted(set(y) - used - set(YAML_TRAINING))), f"unknown field {unknown[:1]}")
@@ -204,7 +200,11 @@ def load_model(source, weights="ema", model=None, net_args=None):
     elif model is not None:
         (net, cfg, data), desc = build_released(model, net_args), f"released file {path} read as {model}"
     elif os.path.basename(os.path.dirname(path)) == "ckpts" and os.path.isfile(settings):
-        (net, cfg, data), desc = from_yaml(settings), f"released {os.path.basename(folder)}, {os.path.basename(path)}"
+        try:
+            y = yaml.safe_load(open(settings).read())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{settings}: not YAML ({str(e).splitlines()[0]})") from None
+        (net, cfg, data), desc = from_yaml(y, settings), f"released {os.path.basename(folder)}, {os.path.basename(path)}"
     else:
         raise ValueError(f"{path} is a released checkpoint outside its folder (NAME/config.yaml, NAME/ckpts/STEPS.pt): "
                          f"name its configuration, --model one of {list(dit.DIT_CONFIGS)} (ImageNet) or unet (CIFAR-10)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import checkpoints
@@ -127,6 +128,12 @@ def write_yaml(folder, text):
     Path(folder, "config.yaml").write_text(text)
     return Path(folder, "config.yaml")
 
+
+def mapped(text):
+    """checkpoints.from_yaml of a config.yaml's text, on the meta device (no compute)."""
+    with torch.device("meta"):
+        return checkpoints.from_yaml(yaml.safe_load(text))
+
 # -----------------------------------------------------------------------------
 # config.yaml -> network, method, data
 
@@ -144,10 +151,10 @@ RELEASED = {
 
 
 @pytest.mark.parametrize("name", RELEASED)
-def test_each_released_config_maps_to_its_network_and_method(name, tmp_path):
+def test_each_released_config_maps_to_its_network_and_method(name):
     text, sizes = RELEASED[name]
+    net, cfg, data = mapped(text)
     with torch.device("meta"):
-        net, cfg, data = checkpoints.from_yaml(write_yaml(tmp_path / name, text))
         if sizes is None:           # CIFAR-10: the U-Net of the authors' models.py (unet.py's defaults), unconditional
             assert type(net) is unet.UNet and net.config == unet.UNet().config and net.num_classes == 0
             assert sum(p.numel() for p in net.parameters()) == 55_932_419
@@ -172,14 +179,13 @@ def test_each_released_config_maps_to_its_network_and_method(name, tmp_path):
                                     label_drop=0.0, guidance_t_max=1.0)
 
 
-def test_unguided_config_ignores_the_mix_ratio_and_trig_names(tmp_path):
+def test_unguided_config_ignores_the_mix_ratio_and_trig_names():
     """The authors' train.py mixes velocities and drops labels only when cfg_scale > 1 (a config that
     keeps mix_ratio 0.25 is unguided all the same); 'Triangular' (their yaml's comments) and 'Trig'
     (their code) are the trigonometric schedule and parameterization; 'Const' is r = r_end."""
     text = with_fields(IMAGENET_YAML, cfg_scale=1.0, cfg_drop_rate=0.0, noising_type="Triangular",
                        coefficient_type="Trig", l_schedule="Const")
-    with torch.device("meta"):
-        _, cfg, _ = checkpoints.from_yaml(write_yaml(tmp_path, text))
+    _, cfg, _ = mapped(text)
     assert (cfg.guidance_mix, cfg.label_drop, cfg.guided) == (1.0, 0.0, False)
     assert (cfg.schedule, cfg.param, cfg.r_schedule, soflow.r_at(cfg, 0)) == ("trig", "trig", "constant", 0.002)
 
@@ -203,19 +209,27 @@ BAD_YAML = [  # (changes to the authors' imagenet.yaml, the message)
 
 
 @pytest.mark.parametrize("changes, message", BAD_YAML)
-def test_a_config_that_cannot_be_mapped_is_refused_naming_the_field(changes, message, tmp_path):
-    path = write_yaml(tmp_path, with_fields(IMAGENET_YAML, **changes))
-    with torch.device("meta"), pytest.raises(ValueError) as e:
-        checkpoints.from_yaml(path)
-    assert str(e.value).startswith(f"{path}: ") and re.search(message, str(e.value)) and "\n" not in str(e.value), e.value
+def test_a_config_that_cannot_be_mapped_is_refused_naming_the_field(changes, message):
+    with pytest.raises(ValueError) as e:
+        mapped(with_fields(IMAGENET_YAML, **changes))
+    assert str(e.value).startswith("config.yaml: ") and re.search(message, str(e.value)), e.value
+    assert "\n" not in str(e.value)
 
 
 def test_cifar_guidance_and_broken_files_are_refused(tmp_path):
     for text, message in ((with_fields(CIFAR_YAML, cfg_scale=2.0), "cfg_scale: .*guidance .*needs labels"),
                           (with_fields(CIFAR_YAML, model_type="DiT-B-2"), "model_type: DiT-B-2 with dataset_type CIFAR10"),
-                          ("just words", "not a mapping"), ("a: [1, 2", "not YAML")):
+                          ("just words", "not a mapping")):
         with pytest.raises(ValueError, match=message):
-            checkpoints.from_yaml(write_yaml(tmp_path, text))
+            mapped(text)
+    # in a released folder: the file is named
+    net = randomize(dit.dit_from_name("T/2", input_size=8, num_classes=1000), 0)
+    release(tmp_path, "Broken", "a: [1, 2", net, net)
+    with pytest.raises(ValueError, match=r"Broken/config.yaml: not YAML \(while parsing"):
+        checkpoints.load_model(tmp_path / "Broken")
+    release(tmp_path, "Broken", with_fields(IMAGENET_YAML, model_type="DiT-T-3"), net, net)
+    with pytest.raises(ValueError, match=r"Broken/config.yaml: model_type: 'DiT-T-3', expected one of"):
+        checkpoints.load_model(tmp_path / "Broken")
 
 # -----------------------------------------------------------------------------
 # Names, folders, files
