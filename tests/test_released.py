@@ -26,7 +26,7 @@ import soflow
 import trainer
 import unet
 from test_sample import assert_images_close, expected_uint8, load_npz, randomize, save_project, save_released
-from test_train import DIT, assert_same_state, latents, load, run_imagenet  # noqa: F401 (latents: a fixture)
+from test_train import assert_same_state, latents, load, run_imagenet  # noqa: F401 (latents: a fixture)
 
 # The authors' imagenet.yaml and cifar.yaml (their release), comments and all; a released folder's
 # config.yaml is a copy of the one its run was trained with.
