@@ -433,8 +433,9 @@ class Run:
 
 
 def init_weights(net, ema, source):
-    """Fine-tuning: the network and EMA weights of `source` (our checkpoint or a released
-    one), loaded strictly; the run itself starts at step 0 with a new optimizer."""
+    """Fine-tuning: the network and EMA weights of `source` (our checkpoint, a released file,
+    folder or configuration name: checkpoints.resolve), loaded strictly; the run itself starts
+    at step 0 with a new optimizer, `source` recorded in its config (train.init_from)."""
     try:
         path = checkpoints.resolve(source)
         ck = checkpoints.load(path)
@@ -442,6 +443,8 @@ def init_weights(net, ema, source):
         checkpoints.load_state(ema.net, checkpoints.weights_of(ck, path, "ema"), f"--init_from={source} ['ema']")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    if world()[0] == 0:
+        print(f"fine-tuning from {path}: its network and EMA weights, a new optimizer, step 0", flush=True)
 
 
 def finish(net, step, run):
