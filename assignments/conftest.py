@@ -148,12 +148,12 @@ def status(config):
         if s.names is None:
             continue
         missing = [f for f in s.functions if f not in s.names]
-        if missing and len(missing) == len(s.functions):
-            for other, functions in assignment_functions().items():
-                have = [f for f in functions if f in s.names]
-                if other != s.assignment and len(have) > len(functions) / 2:
-                    return "wrong assignment", (f"this file has the functions of {other} ({', '.join(have)}), "
-                                                f"none of {s.assignment}'s ({', '.join(s.functions)})")
+        mine = 1 - len(missing) / len(s.functions)                # the share of this grader's functions present
+        for other, functions in assignment_functions().items():
+            have = [f for f in functions if f in s.names]
+            if other != s.assignment and mine <= 0.5 and len(have) / len(functions) > max(mine, 0.5):
+                return "wrong assignment", (f"this file has the functions of {other} ({', '.join(have)}), "
+                                            f"not those of {s.assignment} (it lacks {', '.join(missing)})")
         if missing:
             return "missing functions", ", ".join(missing)
     for kind, name in (("timeout", "timed out"), ("crash", "crashed")):

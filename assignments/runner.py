@@ -133,11 +133,9 @@ def _import(path, name):
     return module
 
 
-def describe(e, sub=None, files=()):
+def describe(e, files=()):
     """An exception of the submission as a short text: its type and message, and the
     lines of the submission (and of the grader) it went through, innermost last."""
-    if isinstance(e, AttributeError) and sub is not None and getattr(e, "obj", None) is sub:
-        return f"the submission has no function `{e.name}`"
     if isinstance(e, SyntaxError) and e.filename in files:
         return f"SyntaxError: {e.msg}\n  {Path(e.filename).name}, line {e.lineno}: {(e.text or '').strip()}"
     lines = [f"{type(e).__name__}: {e}".strip().removesuffix(":")[:2000]]
@@ -150,12 +148,13 @@ def describe(e, sub=None, files=()):
 def serve(conn, grader_path, submission_path, log_path):
     """The child: import the grader and the submission, then answer requests
     (name of an @in_submission function, arguments) until the pipe closes."""
-    os.setsid()                                        # a process group of its own: stopped as a whole
+    if hasattr(os, "setsid"):
+        os.setsid()                                    # a process group of its own: stopped as a whole
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout.reconfigure(line_buffering=True)        # its prints reach the log before a crash
     os.chdir(tempfile.mkdtemp(prefix="submission-"))   # files it writes by a relative path land here
     import torch
     torch.set_num_threads(1)
@@ -174,8 +173,11 @@ def serve(conn, grader_path, submission_path, log_path):
             os._exit(0)
         try:
             reply = pack(("ok", getattr(grader, name)(sub, *args)))
+        except AttributeError as e:
+            missing = getattr(e, "obj", None) is sub
+            reply = pack(("missing", e.name) if missing else ("raised", describe(e, files)))
         except BaseException as e:                      # whatever it raised, SystemExit included
-            reply = pack(("raised", describe(e, sub, files)))
+            reply = pack(("raised", describe(e, files)))
         conn.send_bytes(reply)
 
 # ---------------------------------------------------------------- the grader's side
@@ -200,7 +202,7 @@ def context():
         if "forkserver" in multiprocessing.get_all_start_methods():
             _context = multiprocessing.get_context("forkserver")
             _context.set_forkserver_preload(["torch._dynamo", "numpy", "scipy.integrate", "matplotlib",
-                                             "pytest", "soflow", "toy2d", "runner"])
+                                             "pytest", "soflow", "toy2d", "toynet", "checks", "runner"])
             # the server imports those with the environment it starts with (Python 3.11 ignores sys.path)
             before = os.environ.get("PYTHONPATH")
             os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)] + ([before] if before else []))
@@ -258,8 +260,14 @@ class Submission:
             raise TypeError(f"{fn.__name__} is not marked @in_submission")
         if self.proc is None:
             self._start()
-        self.conn.send_bytes(pack((fn.__name__, list(args))))
-        kind, value = self._receive(f"{fn.__name__}{args if args else ''}", timeout)
+        doing = f"{fn.__name__}{args if args else ''}"
+        try:
+            self.conn.send_bytes(pack((fn.__name__, list(args))))
+        except OSError:                                 # it ended since the last test
+            raise self._crashed(doing, "a closed pipe") from None
+        kind, value = self._receive(doing, timeout)
+        if kind == "missing":
+            raise Problem("missing", f"the submission has no function `{value}`")
         if kind == "raised":
             raise Problem("raised", f"your code raised {value}")
         return value
@@ -275,12 +283,15 @@ class Submission:
         try:
             return unpack(self.conn.recv_bytes(MAX_MESSAGE))
         except (EOFError, OSError, ValueError, KeyError, TypeError) as e:
-            code = self.stop()
-            why = f"exit code {code}" if code is not None else f"an unreadable reply ({type(e).__name__})"
-            message = (f"crashed: the submission's process ended ({why}) while {doing}. "
-                       f"Its last output:\n{self.output(8) or '  (none)'}")
-            self.problems.append(("crash", doing, message))
-            raise Problem("crash", message) from None
+            raise self._crashed(doing, f"an unreadable reply ({type(e).__name__})") from None
+
+    def _crashed(self, doing, otherwise):
+        code = self.stop()
+        why = f"exit code {code}" if code is not None else otherwise
+        message = (f"crashed: the submission's process ended ({why}) while {doing}. "
+                   f"Its last output:\n{self.output(8) or '  (none)'}")
+        self.problems.append(("crash", doing, message))
+        return Problem("crash", message)
 
     def stop(self):
         """End the child and its process group; returns its exit code if it had ended by itself."""
@@ -289,7 +300,7 @@ class Submission:
         self.proc.join(0.2)
         code = self.proc.exitcode
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL) if hasattr(os, "killpg") else self.proc.kill()
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.join(5)
@@ -298,9 +309,10 @@ class Submission:
         return code
 
     def output(self, lines=30):
-        """The last lines the submission printed (its stdout and stderr)."""
-        self.log.flush()
-        text = Path(self.log.name).read_text(errors="replace").rstrip()
+        """The last lines the submission printed (its stdout and stderr), indented."""
+        with open(self.log.name, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 30_000))   # a tail: it may have printed gigabytes
+            text = f.read().decode(errors="replace").rstrip()
         return "\n".join("  " + l[:300] for l in text.splitlines()[-lines:]) if text else ""
 
     def close(self):
