@@ -282,7 +282,7 @@ class Submission:
             raise Problem("timeout", message)
         try:
             return unpack(self.conn.recv_bytes(MAX_MESSAGE))
-        except (EOFError, OSError, ValueError, KeyError, TypeError) as e:
+        except (EOFError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:   # whatever a reply can break
             raise self._crashed(doing, f"an unreadable reply ({type(e).__name__})") from None
 
     def _crashed(self, doing, otherwise):
