@@ -4,7 +4,8 @@ Grader of assignment 7 (a multi-step sampler between chaining and re-noising).
     python -m pytest -q assignments/a7_partial_renoise/grader.py                  # grades student.py
     SUBMISSION=path/to/file.py python -m pytest -q assignments/a7_partial_renoise/grader.py
 
-The forward kernel is checked against its closed form written out here; the sampler
+The forward kernel is checked by what defines it (the data's share and the noise's
+variance of x_t); the sampler
 with the exact solution map of a single Gaussian plugged in (in closed form, for both
 schedules): gamma = 0 must then be the exact chain and every gamma exact in
 distribution; and gamma = 1 must be the released sampler (soflow.sample_renoise with
@@ -64,13 +65,17 @@ def kernels(sub, schedule):
 @pytest.mark.points(2)
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_forward_kernel(sub, schedule):
-    """scale alpha(u) = alpha(t) and scale^2 beta(u)^2 + std^2 = beta(t)^2: (alpha(t), beta(t))
-    from u = 0, (1, 0) from u = t."""
+    """x_u = alpha(u) x0 + beta(u) x1, so scale x_u + std eps = scale alpha(u) x0 + (noise of
+    variance scale^2 beta(u)^2 + std^2): x_t's law needs the data's share alpha(t) and the
+    noise's variance beta(t)^2."""
     for (u, t), (scale, std) in zip(PAIRS, sub.run(kernels, schedule)):
         (alpha_u, beta_u), (alpha_t, beta_t) = alpha_beta(schedule, u), alpha_beta(schedule, t)
-        close(scale, alpha_t / alpha_u, f"{schedule}: the scale from u = {u} to t = {t}", 1e-12, 1e-12)
-        close(std, math.sqrt(max(beta_t**2 - (alpha_t / alpha_u * beta_u) ** 2, 0)),
-              f"{schedule}: the std of the fresh noise from u = {u} to t = {t}", 1e-7)
+        close(scale * alpha_u, alpha_t, f"{schedule}, u = {u}, t = {t}: the data's share scale alpha(u), "
+              "which must be alpha(t),", 1e-12, 1e-12)
+        close(scale**2 * beta_u**2 + std**2, beta_t**2, f"{schedule}, u = {u}, t = {t}: the noise's variance "
+              "scale^2 beta(u)^2 + std^2, which must be beta(t)^2,", 1e-12, 1e-12)
+        assert std >= 0, f"{schedule}, u = {u}, t = {t}: std = {std} < 0"
+
 
 # ------------------------------------------------------------------ the sampler with exact maps
 

@@ -8,8 +8,6 @@ A network F that predicts the data x0 from x_t implies a noise estimate
     f(x, t, s) = beta(s) / beta(t) x + (alpha(s) - alpha(t) beta(s) / beta(t)) F(x, t, s).
 """
 
-import torch
-
 import soflow
 
 
