@@ -179,7 +179,8 @@ def tests_report(config):
         failures = state["reasons"].get(f, [])
         report[f.split("::")[-1]] = {"points": p, "outcome": outcomes.get(f, "failed"),
                                      "reason": failures[0][1] if failures else None,
-                                     "failed_cases": [c for c, _ in failures]}
+                                     "failed_cases": [c for c, _ in failures],
+                                     "cases": sum(_function_id(n) == f for n in state["nodes"])}
     return report
 
 

@@ -92,14 +92,21 @@ def feedback(student, report, status, detail, output):
         return f"{student}: no grade ({status}: {detail})\n\nThe grader's output:\n{output[-4000:]}"
     lines = [f"{student}: {report['earned']:g} / {report['total']:g} points", f"status: {status}"
              + (f" ({detail})" if detail else ""), ""]
+    said = {}                                  # reason -> the test that gave it first
     for name, r in report["tests"].items():
         got = r["points"] if r["outcome"] == "passed" else 0
         lines.append(f"{got:g}/{r['points']:g}  {name}" + ("" if r["outcome"] == "passed" else "  FAILED"))
         if r["reason"]:
             cases = r["failed_cases"]
-            if len(cases) > 1 or cases[0]:
-                lines.append(f"    in {len(cases)} case(s): {' '.join(c for c in cases)}")
-            lines += ["    " + l for l in r["reason"].splitlines()]
+            if len(cases) == r["cases"] > 1:
+                lines.append(f"    in all {len(cases)} cases")
+            elif cases[0]:
+                lines.append(f"    in {len(cases)} of {r['cases']} cases: {' '.join(cases)}")
+            if r["reason"] in said:
+                lines.append(f"    the same reason as {said[r['reason']]}")
+            else:
+                said[r["reason"]] = name
+                lines += ["    " + l for l in r["reason"].splitlines()]
     if report["output"]:
         lines += ["", "Your program printed (last lines):", report["output"]]
     return "\n".join(lines) + "\n"
@@ -153,11 +160,11 @@ def main(argv=None):
     for student, (report, status, detail, output) in zip(students, results):
         (out / f"{student}.txt").write_text(feedback(student, report, status, detail, output))
         if report is None:
-            rows.append([student, 0, "", 0.0, "", status, detail])
+            rows.append([student, 0, "", 0.0, "", status, " ".join(detail.split())])
             continue
         failed = [t for t, r in report["tests"].items() if r["outcome"] != "passed"]
         rows.append([student, f"{report['earned']:g}", f"{report['total']:g}",
-                     round(100 * report["earned"] / report["total"], 1), " ".join(failed), status, detail])
+                     round(100 * report["earned"] / report["total"], 1), " ".join(failed), status, " ".join(detail.split())])
     with open(out / "grades.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["student", "points", "total", "percent", "failed_tests", "status", "detail"])
