@@ -200,19 +200,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(line)
 
 
+def write_report(config, state, detail, output="", exitstatus=None):
+    path = config.getoption("--grade_report")
+    if path:
+        earned, total, _ = _score(config)
+        with open(path, "w") as f:
+            json.dump({"earned": earned, "total": total, "exitstatus": exitstatus, "status": state, "detail": detail,
+                       "tests": tests_report(config), "output": output,
+                       "submission": ", ".join(str(s.path) for s in config._grading["submissions"])}, f, indent=2)
+
+
+def pytest_collection_finish(session):
+    """A first report, before any test runs: what grade.py shows if the whole run times out."""
+    write_report(session.config, "running", "")
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if not hasattr(config, "_grading"):
         return
-    path = config.getoption("--grade_report")
     subs = config._grading["submissions"]
-    output = "\n".join(s.output() for s in subs).strip("\n")
-    if path:
-        earned, total, _ = _score(config)
-        state, detail = status(config)
-        with open(path, "w") as f:
-            json.dump({"earned": earned, "total": total, "exitstatus": int(exitstatus), "status": state,
-                       "detail": detail, "tests": tests_report(config), "output": output,
-                       "submission": ", ".join(str(s.path) for s in subs)}, f, indent=2)
+    write_report(config, *status(config), "\n".join(s.output() for s in subs).strip("\n"), int(exitstatus))
     for s in subs:
         s.close()

@@ -61,8 +61,8 @@ def grading_files_digest():
 def check_report(report, returncode):
     """(status, detail) of one pytest run: the report's own, unless it disagrees with
     pytest's exit code (0: every test passed; 1: some failed) or is missing."""
-    if report is None:
-        return "grader error", f"pytest wrote no report (exit code {returncode})"
+    if report is None or report["status"] == "running":
+        return "grader error", f"pytest wrote no final report (exit code {returncode})"
     all_passed = all(r["outcome"] == "passed" for r in report["tests"].values()) and report["tests"]
     if returncode not in (0, 1) or (returncode == 0) != bool(all_passed) or (all_passed and report["earned"] != report["total"]):
         return "grader error", f"the report does not match pytest's exit code {returncode}: no points given"
@@ -79,8 +79,17 @@ def grade_one(grader, path, timeout, call_timeout):
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as e:
+            # no points: the report was not finished (pytest wrote a first one with the tests and
+            # their points before running any; only those are taken from it)
             out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            return None, "timed out", f"the whole grading took more than {timeout:g} s", out
+            detail = f"the whole grading took more than {timeout:g} s and was stopped"
+            report = json.loads(report_path.read_text()) if report_path.is_file() else None
+            if report is None:
+                return None, "timed out", detail, out
+            tests = {t: {"points": r["points"], "outcome": "failed", "reason": detail, "failed_cases": [""],
+                         "cases": 1} for t, r in report["tests"].items()}
+            return {"earned": 0, "total": sum(r["points"] for r in tests.values()), "tests": tests, "output": ""}, \
+                "timed out", detail, out
         report = json.loads(report_path.read_text()) if report_path.is_file() else None
         status, detail = check_report(report, proc.returncode)
         return (report if status != "grader error" else None), status, detail, proc.stdout + proc.stderr

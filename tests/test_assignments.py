@@ -296,6 +296,41 @@ def test_grade_py_grades_a_class_and_forged_grades_earn_nothing(tmp_path, monkey
         grade_py.main(["a9_no_such_assignment", str(folder)])
 
 
+def test_grade_py_stops_when_grading_files_change_and_gives_no_points_after_a_timeout(tmp_path, monkeypatch):
+    """A submission that rewrites a grader while it is graded (simulated here, in a copy of
+    the files): its row and the later ones get no points, and grade.py stops with an error.
+    The whole grading timed out: no points, the total and the tests from pytest's first report."""
+    grade_py = load(ROOT / "assignments" / "grade.py")
+    grade_one = grade_py.grade_one
+    here = tmp_path / "repo" / "assignments"
+    shutil.copytree(A1, here / A1.name)
+    for name in ("soflow.py", "toy2d.py"):
+        (tmp_path / "repo" / name).write_text("")
+    monkeypatch.setattr(grade_py, "HERE", here)
+    monkeypatch.setattr(grade_py, "ROOT", tmp_path / "repo")
+    report = {"earned": 1, "total": 1, "status": "ok", "detail": "", "output": "",
+              "tests": {"test_a": {"points": 1, "outcome": "passed", "reason": None, "failed_cases": [], "cases": 1}}}
+
+    def rewrites_the_grader(grader, path, timeout, call_timeout):
+        grader.write_text(grader.read_text() + "\n# all tests pass\n")
+        return report, "ok", "", ""
+    monkeypatch.setattr(grade_py, "grade_one", rewrites_the_grader)
+    (tmp_path / "class").mkdir()
+    (tmp_path / "class" / "mallory.py").write_text("")
+    with pytest.raises(SystemExit, match="grading files had changed"):
+        grade_py.main([A1.name, str(tmp_path / "class"), "--out", str(tmp_path / "out")])
+    row, = csv.DictReader(open(tmp_path / "out" / "grades.csv"))
+    assert (row["points"], row["status"]) == ("0", "grading files changed")
+
+    def times_out(cmd, **kw):              # pytest wrote its first report, then the time ran out
+        path = Path(cmd[cmd.index("--grade_report") + 1])
+        path.write_text(json.dumps({**report, "status": "running", "earned": 0}))
+        raise grade_py.subprocess.TimeoutExpired(cmd, kw["timeout"])
+    monkeypatch.setattr(grade_py.subprocess, "run", times_out)
+    got, status, detail, _ = grade_one(A1 / "grader.py", tmp_path / "class" / "mallory.py", 5, 1)
+    assert (status, got["earned"], got["total"]) == ("timed out", 0, 1) and "more than 5 s" in detail
+
+
 def test_grade_py_takes_no_report_that_contradicts_pytest():
     grade_py = load(ROOT / "assignments" / "grade.py")
     report = {"earned": 13, "total": 13, "status": "ok", "detail": "",

