@@ -147,6 +147,8 @@ def main(argv=None):
         p.error(f"no submissions in {folder} (expected *.py files or */student.py)")
     if a.jobs < 1:
         p.error(f"--jobs {a.jobs}: must be >= 1")
+    if min(a.timeout, a.call_timeout) <= 0:
+        p.error(f"--timeout {a.timeout:g}, --call_timeout {a.call_timeout:g}: both must be > 0 seconds")
     out = Path(a.out or ROOT / "out" / "grades" / name)
     out.mkdir(parents=True, exist_ok=True)
 
