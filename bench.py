@@ -25,11 +25,10 @@ run       torchrun train_imagenet.py: DiT-B/4, synthetic latents in prepare_imag
           images a GPU, 100 steps, stopped at 50 and resumed, a process a GPU (NCCL from two GPUs; with
           one, no process group). Checks finite losses, the checkpoint, the resume; img/s and MFU: the
           median of its log.csv rows whose time includes no compilation.
-Timing: two untimed steps (the first compiles), then the mean of `iters` steps between two syncs; on
-a GPU one more step under torch.cuda.set_sync_debug_mode counts host syncs. 'graphs' are compiled in
-the untimed steps, 'recompiled' in the timed ones. --tiny: the CPU (gloo), torch.compile's 'eager'
-backend (Dynamo's graphs and guards, without AOTAutograd and inductor: minutes on a CPU); it
-measures nothing, it keeps the report from rotting.
+Timing: two untimed steps (the first compiles), then the mean of `iters` steps between two syncs; on a
+GPU one more step under torch.cuda.set_sync_debug_mode counts host syncs. 'graphs' are compiled in the
+untimed steps, 'recompiled' in the timed ones. --tiny: the CPU (gloo), torch.compile's 'eager' backend
+(Dynamo's graphs and guards; AOTAutograd and inductor take minutes on a CPU); it measures nothing.
 """
 
 import argparse
@@ -75,7 +74,7 @@ FAILED = []                                       # the measurements that raised
 
 def timed(dev, P, deadline, batch, build, iters=None):
     """Measure build() -> (step, operations of a step or None) on `batch` images from a clean slate. None once
-    the part's time is spent; {'error'} after a RuntimeError (out of memory, a failed kernel or compilation)."""
+    the part's time is spent; {'error'} after out of memory, a failed kernel or compilation, a missing package."""
     if time.perf_counter() > deadline:
         return None
     torch._dynamo.reset()
@@ -95,7 +94,7 @@ def timed(dev, P, deadline, batch, build, iters=None):
         for _ in range(iters):
             step()
         sync()
-    except RuntimeError as e:
+    except (RuntimeError, ImportError) as e:
         traceback.print_exc()
         return dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
     sec = (time.perf_counter() - t0) / iters
@@ -141,8 +140,11 @@ def dit_step(dev, P, name, precision, compiled, attn="fused", loss="soflow"):
     return train_step(net, model, data, dev, precision, optimizer="adam", beta1=0.9, beta2=0.99), flops
 
 
-def sample_step(dev, P, compiled, vae=None):
+def sample_step(dev, P, compiled, vae=False):
     """One-step sampling of a batch (bf16 autocast), then the latents decoded 32 at a time if vae."""
+    if vae:                                           # diffusers' AutoencoderKL, P.vae's architecture, random weights
+        from diffusers.models import AutoencoderKL
+        vae = AutoencoderKL(**P.vae).to(dev).eval().requires_grad_(False)
     net = dit.dit_from_name(P.sample_model, **P.dit).to(dev).eval().requires_grad_(False)
     fwd = torch.compile(net, backend=P.backend) if compiled else net
     cfg = soflow.preset("imagenet", num_classes=net.num_classes)
@@ -218,11 +220,10 @@ def part_meanflow(dev, P, deadline):
 
 
 def part_sample(dev, P, deadline):
-    from diffusers.models import AutoencoderKL
-    what, vae = f"DiT-{P.sample_model}, 1-NFE sampling, batch {P.sample_batch}", AutoencoderKL(**P.vae).requires_grad_(False)
+    what = f"DiT-{P.sample_model}, 1-NFE sampling, batch {P.sample_batch}"
     alone = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, False))
     row("sample", what, "bf16, eager", alone)
-    r = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, False, vae.to(dev).eval()), iters=3)
+    r = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, False, vae=True), iters=3)
     both = "sec" in (alone or {}) and "sec" in (r or {})
     row("sample", what + ", then decoded", "bf16, eager; SD-VAE-sized decoder (random weights), fp32", r,
         f"the decoder alone: {P.sample_batch / (r['sec'] - alone['sec']):.1f} img/s" if both else "")
