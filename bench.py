@@ -177,7 +177,7 @@ def row(part, workload, config, r, note=""):
     """The row of a measurement r (None: skipped)."""
     if r is None or "error" in r:
         FAILED.extend([f"{part}: {workload}, {config}"] if r else [])
-        return line(part, workload, config, "-" * 6,
+        return line(part, workload, config, ["-"] * 6,
                     f"FAILED: {r['error']}" if r else f"skipped: the part's {BUDGET[part]} s were spent")
     notes = [f"graphs {r['graphs']}, recompiled {r['recompiled']}" if r["graphs"] else "",
              "" if r["syncs"] is None else f"host syncs {r['syncs']} / step", note]
@@ -190,7 +190,7 @@ def ratio(part, workload, a, b, goals):
     """The speed-up of measurement a over b and the ratio of their peak memory, with goals(speed, memory)."""
     if a and b and "error" not in a and "error" not in b:
         speed, mem = b["sec"] / a["sec"], a["peak"] and b["peak"] and a["peak"] / b["peak"]
-        line(part, workload, "-", "-" * 6, f"speed {speed:.2f}x{f', memory {mem:.2f}x' if mem else ''}{goals(speed, mem)}")
+        line(part, workload, "-", ["-"] * 6, f"speed {speed:.2f}x{f', memory {mem:.2f}x' if mem else ''}{goals(speed, mem)}")
 
 # ----------------------------------------------------------------------------- the parts
 
@@ -307,8 +307,8 @@ def main(argv=None):
         p.error(f"argument --peak_tflops: {args.peak_tflops} is not a number >= 0")
     _, _, dev = trainer.setup(args.device)                       # TF32 for fp32 matmuls on a GPU, as the scripts
     if dev.type != "cuda" and not args.tiny:
-        raise SystemExit("error: the report measures H100-scale steps and needs a CUDA GPU, and there is none here "
-                         "(or --device cpu); --tiny runs its tiny version on the CPU")
+        raise SystemExit("error: the report measures H100-scale steps and needs a CUDA GPU, and none is in use here "
+                         "(none found, or --device cpu); --tiny runs its tiny version on the CPU")
     P = argparse.Namespace(**(TINY if args.tiny else FULL), backend="inductor" if dev.type == "cuda" else "eager",
                            peak=trainer.peak_tflops(dev, args.peak_tflops))
     where = f"{torch.cuda.get_device_name(dev)}, CUDA {torch.version.cuda}" if dev.type == "cuda" else "CPU"
