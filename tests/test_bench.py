@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench
 import checkpoints
@@ -51,17 +52,38 @@ def tiny_dit_step(dev, micro_batches=2, grad_clip=1.0):
     return model, net, C, [data] * micro_batches
 
 
+class CopiesToDevice(TorchDispatchMode):
+    """Records copies of CPU tensors to another device: .to(device) from pageable memory waits for the GPU."""
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        src = args[1] if func is torch.ops.aten.copy_.default else args[0]
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default) and src.device.type == "cpu" != out.device.type:
+            self.copies.append(func)
+        return out
+
+
 def test_training_step_makes_no_host_device_sync():
     """On the meta device tensors hold no values: .item(), bool(), .tolist(), .cpu(), nonzero,
-    boolean masks, unique... raise, as each of them would wait for a GPU. trainer.train_step
-    (both losses' paths: guidance and label dropout; dropout, augmentation labels, RAdam and a
-    float64 EMA; accumulation and gradient clipping) runs through; a step that reads a value fails."""
+    boolean masks, unique... raise, as each of them would wait for a GPU; copies from the CPU are
+    recorded (torch.tensor(data, device=...) escapes both: the GPU report counts the syncs).
+    trainer.train_step (both losses' paths: guidance and label dropout; dropout, augmentation labels,
+    RAdam and a float64 EMA; accumulation and gradient clipping) runs through without either; a step
+    that reads a value fails."""
     meta, off = torch.device("meta"), torch.autocast("cpu", enabled=False)
     model, net, C, data = tiny_dit_step(meta)
-    for step in range(2):
-        logs = trainer.train_step(model, trainer.make_optimizer(C, net, meta), trainer.EMA(net, 0.9999), net, data, step,
-                                  C, 0, 1, meta, off)
+    with CopiesToDevice() as mode:
+        for step in range(2):
+            logs = trainer.train_step(model, trainer.make_optimizer(C, net, meta), trainer.EMA(net, 0.9999), net, data,
+                                      step, C, 0, 1, meta, off)
     assert {v.device for v in logs.values()} == {meta} and {"loss", "grad_norm", "ok"} <= set(logs)
+    assert not mode.copies
+    with CopiesToDevice() as mode:
+        torch.zeros(3).to(meta)
+    assert mode.copies == [torch.ops.aten._to_copy.default]
 
     with meta:
         u = unet.UNet(img_resolution=16, model_channels=16, channel_mult=(1,), num_blocks=1, noise_channels=16, emb_mult=1)
@@ -69,8 +91,10 @@ def test_training_step_makes_no_host_device_sync():
     aug = lambda x: (x.float() / 127.5 - 1, None, {"augment_labels": torch.zeros(x.shape[0], 6, device=x.device)})
     C2 = argparse.Namespace(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0, grad_clip=0.0, seed=0)
     assert u.config["dropout"] > 0
-    trainer.train_step(trainer.Objective(u, soflow.preset("cifar10"), aug), trainer.make_optimizer(C2, u, meta),
-                       trainer.EMA(u, 0.9999, 2, "float64"), u, [(images,)], 1, C2, 0, 1, meta, off)
+    with CopiesToDevice() as mode:
+        trainer.train_step(trainer.Objective(u, soflow.preset("cifar10"), aug), trainer.make_optimizer(C2, u, meta),
+                           trainer.EMA(u, 0.9999, 2, "float64"), u, [(images,)], 1, C2, 0, 1, meta, off)
+    assert not mode.copies
 
     def reads_a_value(step, *mb):
         loss, logs = model(step, *mb)
