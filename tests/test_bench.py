@@ -1,7 +1,8 @@
 """Tests of bench.py, the GPU report, on the CPU: its tiny mode runs every part (so that the
-report cannot rot), the compiled training step compiles one graph per network call of the loss
-and none after its first step, the training step makes no host-device synchronisation (on the
-meta device, where every operation that would wait for a GPU fails), and its command line."""
+report cannot rot), its step is train_imagenet.py's, the compiled training step compiles one graph
+per network call of the loss and none after its first step, the training step makes no host-device
+synchronisation (on the meta device, where reading a value fails and copies from the host are
+recorded), and its command line."""
 
 import argparse
 import re
@@ -11,9 +12,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import bench
-import checkpoints
 import dit
 import soflow
+import train_imagenet
 import trainer
 import unet
 
@@ -61,7 +62,8 @@ class CopiesToDevice(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         src = args[1] if func is torch.ops.aten.copy_.default else args[0]
-        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default) and src.device.type == "cpu" != out.device.type:
+        copies = func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default)
+        if copies and src.device.type == "cpu" != out.device.type:
             self.copies.append(func)
         return out
 
@@ -140,4 +142,14 @@ def test_command_line(capsys):
         assert e.value.code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(SystemExit, match="needs a CUDA GPU.*--tiny"):
         bench.main(["--device", "cpu"])
-    assert checkpoints.LATENT_SCALE == 0.18215                           # what bench.inputs() scales by
+
+
+def test_inputs_are_train_imagenets():
+    """The report's latents are drawn as train_imagenet.py draws them, the authors' train.py formula."""
+    mean, std, y = torch.randn(2, 4, 8, 8), torch.rand(2, 4, 8, 8), torch.tensor([3, 5])
+    draws = []
+    formula = lambda m, s, y: ((m + s * torch.randn(2, 4, 8, 8)) * 0.18215, y, None)
+    for inputs in (bench.inputs, train_imagenet.inputs, formula):
+        torch.manual_seed(1)
+        draws.append(inputs(mean, std, y))
+    assert all(torch.equal(x0, draws[0][0]) and labels is y and extra is None for x0, labels, extra in draws)
