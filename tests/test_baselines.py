@@ -432,31 +432,3 @@ def test_toy2d_method_and_compare_end_to_end(tmp_path):
     assert set(result["rows"][0]["nfe"]) == {"1", "2"} and set(result["rows"][2]["nfe"]) == {"1"}
     assert all(math.isfinite(r["nfe"]["1"]["energy_distance"]) for r in result["rows"])
     assert (out / "compare.png").stat().st_size > 10_000
-
-
-def test_bench_losses_mode_runs(capsys):
-    """bench.py's losses mode on the tiny DiT, one iteration per row (a smoke test of the
-    script, not a measurement): the JVP through fused attention is reported as unsupported
-    and the ratios fall back to MeanFlow with math attention; one row in a fresh process
-    measures memory."""
-    import importlib
-    import bench
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--mode=losses", "--model=T/4", "--batch=2", "--iters=1", "--warmup=1",
-                    "--loss_settings=fp32", "--attn=fused,math", "--threads=1", "--isolate=False"])
-        out = capsys.readouterr().out.splitlines()
-        rows = [r for r in out if r.startswith("| T/4 | fused | fp32 |") or r.startswith("| T/4 | math | fp32 |")]
-        assert len(rows) == 4 + 2                                   # 4 loss rows, 2 sampling rows
-        assert any("meanflow" in r and "unsupported" in r for r in rows if "| fused |" in r)
-        assert any("meanflow" in r and "unsupported" not in r for r in rows if "| math |" in r)
-        ratios = [r for r in out if r.startswith("| T/4 | fp32 |")]
-        assert len(ratios) == 2 and all("| math | " in r and r.count("x |") >= 1 for r in ratios)
-        importlib.reload(bench)
-        bench.main(["--mode=losses", "--model=T/4", "--batch=1", "--iters=1", "--warmup=1", "--losses=soflow",
-                    "--loss_settings=fp32", "--attn=math", "--threads=1", "--isolate=True"])
-        row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| T/4 | math | fp32 | soflow"))
-        assert "GiB" in row
-    finally:
-        importlib.reload(bench)
-        torch.set_num_threads(threads)
