@@ -121,13 +121,11 @@ class MLP(nn.Module):
         return self.out(torch.nn.functional.silu(h))
 
 # -------------------------------------------------------------------------------------- evaluation
-def energy_distance(a, b, max_points=4000):
-    """2 E|a - b| - E|a - a'| - E|b - b'|: 0 for identical distributions, a metric, no tuning knob."""
+def energy_distance(a, b, max_points=4000):   # 2 E|a - b| - E|a - a'| - E|b - b'|: a metric, no knob
     a, b = (torch.as_tensor(u[:max_points], dtype=torch.float64) for u in (a, b))
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
-def rmse(a, b):
-    """Root mean squared Euclidean distance between matched points."""
+def rmse(a, b):   # root mean squared Euclidean distance between matched points
     return float(np.sqrt(np.mean(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, 1))))
 
 def score(out, exact, fresh):   # endpoint RMSE against the exact map (None without one), energy distance to data
@@ -152,11 +150,13 @@ def evaluate(net, cfg, args, mixture, rng):
 
 # ---------------------------------------------------------------------------------------- training
 def toy_defaults(steps):
-    """The method's settings for the toy (unconditional, K = the steps). Wider time distributions than
-    ImageNet's (sigma 1.6, not 0.8-1.0): in a few thousand steps the pairs (t near 1, s near 0) that
-    one-step sampling needs must be seen often; lambda = 0.25 and p = 0.5 as the paper's CIFAR-10."""
+    """The method's settings for the toy (unconditional, K = the steps), measured (BENCHMARKS.md): wider
+    time distributions than ImageNet's (sigma 1.6, not 0.8-1.0), so that the pairs (t near 1, s near 0)
+    of one-step sampling are seen often; no adaptive weight (p = 0): 1 / (MSE + eps)^p would down-weight
+    the points near the borders between the modes' basins, where the one-step map is steepest and its
+    error largest; lambda = 0.1."""
     return soflow.SoFlowConfig(**soflow.UNCONDITIONAL, mu_fm=0.0, sigma_fm=1.6, mu_t=0.5, sigma_t=1.6, mu_s=-0.5,
-                               sigma_s=1.6, fm_ratio=0.25, p=0.5, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
+                               sigma_s=1.6, fm_ratio=0.1, p=0.0, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
 
 def fit(args, name, cfg, mixture, rng, probe=None, quiet=False):
     """Train a method (baselines.build) on rng's data stream, logging probe(method) 20 times: (method, logs, s)."""
@@ -216,7 +216,7 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, logs):
         v = -soflow.velocity(net, cfg, torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32),
                              torch.full((gx.size,), 0.25)).numpy()
     _panel(ax[4], "velocity head: -v_theta(x, t = 0.25), over x_t", xt, "tab:gray")
-    q = ax[4].quiver(gx, gy, v[:, 0].reshape(gx.shape), v[:, 1].reshape(gx.shape), np.hypot(*v.T), cmap="viridis", angles="xy")
+    q = ax[4].quiver(gx, gy, *v.T.reshape(2, *gx.shape), np.hypot(*v.T), cmap="viridis", angles="xy")
     fig.colorbar(q, ax=ax[4], shrink=0.75, label="|v_theta(x, t)|")
     # training: 1-NFE endpoint RMSE on fixed points (the mixture only); losses, smoothed, on a second axis
     a, b = ax[5], ax[5].twinx()
@@ -224,7 +224,8 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, logs):
            color="tab:green", lw=2, label="1-NFE endpoint RMSE, 300 fixed points")
     for key, color in (("loss", "black"), ("fm_mse", "tab:blue"), ("scm_mse", "tab:red")):
         vals, k = np.array([r.get(key, np.nan) for r in logs], dtype=np.float64), max(1, len(logs) // 100)
-        b.plot(np.arange(k, len(vals) + 1), np.convolve(vals, np.ones(k) / k, "valid"), color=color, lw=0.8, alpha=0.5, label=key)
+        b.plot(np.arange(k, len(vals) + 1), np.convolve(vals, np.ones(k) / k, "valid"), color=color, lw=0.8, alpha=0.5,
+               label=key)
     a.set_xlabel("step"); a.set_ylabel("1-NFE endpoint RMSE", color="tab:green"); a.set_ylim(bottom=0)
     b.set_yscale("log"); b.set_ylabel("losses")
     a.legend(*[u + w for u, w in zip(a.get_legend_handles_labels(), b.get_legend_handles_labels())], fontsize=8)
@@ -240,14 +241,16 @@ LABELS = {"soflow": "SoFlow", "meanflow": "MeanFlow", "direct": "Direct Models",
 
 def format_compare(rows, reference):
     f = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else f"{v[0]:.4f} +- {v[1]:.4f}"
-    lines = [f"{'method':<14}" + "".join(f"{h:>17}" for h in ("1-NFE RMSE", "1-NFE energy", "2-NFE RMSE", "2-NFE energy"))
-             + f"{'train s':>9}{'nets':>5}{'params':>8}"]
-    for r in rows:
+    head = ("method", "1-NFE RMSE", "1-NFE energy", "2-NFE RMSE", "2-NFE energy", "train s", "nets", "params")
+    lines = [f"{head[0]:<14}" + "".join(f"{h:>17}" for h in head[1:5]) + f"{head[5]:>9}{head[6]:>5}{head[7]:>8}"]
+    for r in rows:   # mean +- standard deviation over the seeds
         cells = [f(r["mean_sd"].get(n, {}).get(m)) for n in (1, 2) for m in ("endpoint_rmse", "energy_distance")]
-        lines.append(f"{r['label']:<14}" + "".join(f"{c:>17}" for c in cells)
-                     + f"{np.mean([u['train_seconds'] for u in r['runs']]):>9.1f}{r['networks']:>5}{r['parameters']:>8}")
-    return "\n".join(lines + [f"{k:<31} endpoint RMSE {f(v['endpoint_rmse']):>16}   energy {f(v['energy_distance'])}"
-                              for k, v in reference.items()])
+        seconds = np.mean([u["train_seconds"] for u in r["runs"]])
+        lines.append(f"{r['label']:<14}" + "".join(f"{c:>17}" for c in cells) + f"{seconds:>9.1f}{r['networks']:>5}"
+                     f"{r['parameters']:>8}")
+    for k, v in reference.items():
+        lines.append(f"{k:<31} endpoint RMSE {f(v['endpoint_rmse']):>16}   energy {f(v['energy_distance'])}")
+    return "\n".join(lines)
 
 def draw_compare(path, rows, first, args, mixture, data, x1, exact):
     """Per method (first seed): 1-NFE samples, paths from noise over the exact ones; titles: all seeds."""
@@ -290,20 +293,20 @@ def compare(args, cfg, names):
             method, _, seconds = fit(args, name, cfg, mixture, np.random.default_rng(seed))
             samples = {n: sampler(torch.from_numpy(x1)).numpy() for n, sampler in method.samplers.items()}
             first.setdefault(name, (method, samples))
-            runs.append({"seed": seed, "train_seconds": seconds, "nfe": {n: score(out, exact, fresh) for n, out in samples.items()}})
+            scores = {n: score(out, exact, fresh) for n, out in samples.items()}
+            runs.append({"seed": seed, "train_seconds": seconds, "nfe": scores})
         nets = first[name][0].nets.values()
         rows.append({"method": name, "label": LABELS[name], "networks": len(nets), "runs": runs,
                      "parameters": sum(p.numel() for net in nets for p in net.parameters()),
-                     "mean_sd": {n: {m: mean_sd([u["nfe"][n][m] for u in runs]) for m in ("endpoint_rmse", "energy_distance")}
-                                 for n in runs[0]["nfe"]}})
+                     "mean_sd": {n: {m: mean_sd([u["nfe"][n][m] for u in runs]) for m in scores[n]} for n in scores}})
     reference = {"fresh data (noise floor)": score(sample_data(args.dataset, args.eval_points, rng, mixture), None, fresh),
                  **({} if exact is None else {"exact ODE map": score(exact, exact, fresh)}),
                  **{"flow matching, 100 Euler steps": r["mean_sd"][100] for r in rows if r["method"] == "fm"}}
     table = format_compare(rows, reference)
     print(table)
     stem, out = ("compare", "compare.json") if len(names) > 1 else (f"toy2d_{names[0]}", f"results_{names[0]}.json")
-    draw_compare(os.path.join(args.out, f"{stem}.png"), rows, first, args, mixture, sample_data(args.dataset, 4000, rng, mixture),
-                 x1, exact)
+    data = sample_data(args.dataset, 4000, rng, mixture)
+    draw_compare(os.path.join(args.out, f"{stem}.png"), rows, first, args, mixture, data, x1, exact)
     Path(args.out, out).write_text(json.dumps({"dataset": args.dataset, "rows": rows, "reference": reference, "table": table,
         "args": vars(args), "configs": {n: dataclasses.asdict(first[n][0].config) for n in names}}, indent=2))
     print(f"wrote {args.out}/{stem}.png, {out}")
@@ -311,23 +314,25 @@ def compare(args, cfg, names):
 
 # ------------------------------------------------------------------------------------ command line
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
     p.add_argument("--dataset", default="gmm", choices=DATASETS)
-    p.add_argument("--steps", type=int, default=4000, help="training steps (also K of Eq. 16)")
+    p.add_argument("--steps", type=int, default=8000, help="training steps (also K of Eq. 16)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine-decayed to 0")
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=lambda s: [int(u) for u in s.split(",")], help="with --compare: seeds, say 0,1,2 (default: --seed)")
+    p.add_argument("--seeds", type=lambda s: [int(u) for u in s.split(",")], help="--compare: 0,1,2 say (default: --seed)")
     p.add_argument("--eval_points", type=int, default=2000)
     p.add_argument("--out", default="out/toy2d", help="output folder")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--method", default="soflow", choices=baselines.METHODS, help="the method (baselines: baselines.TOY)")
     p.add_argument("--compare", action="store_true", help="train every method on the same data, steps and MLP")
     g = p.add_argument_group("SoFlow method (soflow.SoFlowConfig; the toy is unconditional, K is --steps)")
-    base, choices = toy_defaults(1), {"schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES, "r_schedule": soflow.R_SCHEDULES}
+    base = toy_defaults(1)
+    choices = {"schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES, "r_schedule": soflow.R_SCHEDULES}
     for f in dataclasses.fields(soflow.SoFlowConfig):
         if f.name not in ("total_steps", "guidance_t_max", "guidance_decay_k", *soflow.UNCONDITIONAL):
             g.add_argument(f"--{f.name}", type=type(getattr(base, f.name)), default=getattr(base, f.name),
@@ -340,9 +345,9 @@ def parse_args(argv=None):
     return args
 
 def make_config(args):
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(soflow.SoFlowConfig) if hasattr(args, f.name)}
     try:
-        return toy_defaults(args.steps).replace(**{f.name: getattr(args, f.name) for f in dataclasses.fields(soflow.SoFlowConfig)
-                                                   if hasattr(args, f.name)})
+        return toy_defaults(args.steps).replace(**fields)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 
@@ -360,17 +365,16 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     probe = None if probe_exact is None else lambda m: rmse(m.samplers[1](x_probe).numpy(), probe_exact)
     method, logs, train_s = fit(args, "soflow", cfg, mixture, rng, probe)
-    net = method.nets["F"]
-    rows, x1, outputs, exact = evaluate(net, cfg, args, mixture, rng)
+    rows, x1, outputs, exact = evaluate(net := method.nets["F"], cfg, args, mixture, rng)
     draw(os.path.join(args.out, "toy2d.png"), net, cfg, args, mixture, sample_data(args.dataset, 4000, rng, mixture),
          x1, outputs, logs)
     total_s, f = time.time() - t0, lambda v: "-" if v is None else f"{v:.4f}"
-    print(f"{'sampler':<28} {'NFE':>4} {'endpoint RMSE':>14} {'energy dist.':>13}")
-    print("\n".join(f"{r['sampler']:<28} {r['nfe']:>4} {f(r['endpoint_rmse']):>14} {f(r['energy_distance']):>13}" for r in rows))
+    print("\n".join([f"{'sampler':<28} {'NFE':>4} {'endpoint RMSE':>14} {'energy dist.':>13}"] + [f"{r['sampler']:<28} "
+                     f"{r['nfe']:>4} {f(r['endpoint_rmse']):>14} {f(r['energy_distance']):>13}" for r in rows]))
     print(f"train {train_s:.1f} s, total {total_s:.1f} s ({torch.get_num_threads()} threads)")
-    curve = [[k + 1, r["probe"]] for k, r in enumerate(logs) if "probe" in r]
     Path(args.out, "results.json").write_text(json.dumps({"dataset": args.dataset, "rows": rows, "train_seconds": train_s,
-        "total_seconds": total_s, "curve": curve, "args": vars(args), "config": cfg.to_dict()}, indent=2))
+        "total_seconds": total_s, "curve": [[k + 1, r["probe"]] for k, r in enumerate(logs) if "probe" in r],
+        "args": vars(args), "config": cfg.to_dict()}, indent=2))
     np.savez(os.path.join(args.out, "samples.npz"), noise=x1, one_nfe=outputs["SoFlow 1-NFE"], means=mixture.means,
              exact=exact if exact is not None else np.zeros((0, 2)), std=mixture.std, weights=mixture.weights)
     print(f"wrote {args.out}/toy2d.png, results.json, samples.npz")
