@@ -38,8 +38,7 @@ class GaussianMixture:
     (x0, x1) are jointly Gaussian and E[x0 | x_t], E[x1 | x_t] follow from Gaussian conditioning."""
 
     def __init__(self, means, std, weights):
-        self.means = np.asarray(means, dtype=np.float64)
-        self.std = float(std)
+        self.means, self.std = np.asarray(means, dtype=np.float64), float(std)
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
 
     def sample(self, n, rng):
@@ -86,8 +85,7 @@ def sample_data(name, n, rng, mixture=None):
         u[:, 1] = np.where(cell % 2 == 0, u[:, 1], np.where(u[:, 1] < 0, u[:, 1] + 2, u[:, 1] - 2))
         x = u * 0.8
     elif name == "moons":
-        a = rng.uniform(0, np.pi, n)
-        upper = rng.random(n) < 0.5
+        a, upper = rng.uniform(0, np.pi, n), rng.random(n) < 0.5
         x = np.where(upper[:, None], np.stack([np.cos(a), np.sin(a)], 1), np.stack([1 - np.cos(a), 0.5 - np.sin(a)], 1))
         x = (x - [0.5, 0.25]) * 1.2 + 0.06 * rng.standard_normal((n, 2))
     elif name == "spiral":
@@ -150,11 +148,10 @@ def evaluate(net, cfg, args, mixture, rng):
 
 # ---------------------------------------------------------------------------------------- training
 def toy_defaults(steps):
-    """The method's settings for the toy (unconditional, K = the steps), measured (BENCHMARKS.md): wider
-    time distributions than ImageNet's (sigma 1.6, not 0.8-1.0), so that the pairs (t near 1, s near 0)
-    of one-step sampling are seen often; no adaptive weight (p = 0): 1 / (MSE + eps)^p would down-weight
-    the points near the borders between the modes' basins, where the one-step map is steepest and its
-    error largest; lambda = 0.1."""
+    """The method's settings for the toy (unconditional, K = the steps), measured (BENCHMARKS.md): wider time
+    distributions than ImageNet's (sigma 1.6, not 0.8-1.0), so that the pairs (t near 1, s near 0) of one-step
+    sampling are seen often; lambda = 0.1 and no adaptive weight (p = 0): 1 / (MSE + eps)^p would down-weight
+    the points near the borders of the modes' basins, where the one-step map is steepest and errs most."""
     return soflow.SoFlowConfig(**soflow.UNCONDITIONAL, mu_fm=0.0, sigma_fm=1.6, mu_t=0.5, sigma_t=1.6, mu_s=-0.5,
                                sigma_s=1.6, fm_ratio=0.1, p=0.0, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
 
@@ -245,9 +242,8 @@ def format_compare(rows, reference):
     lines = [f"{head[0]:<14}" + "".join(f"{h:>17}" for h in head[1:5]) + f"{head[5]:>9}{head[6]:>5}{head[7]:>8}"]
     for r in rows:   # mean +- standard deviation over the seeds
         cells = [f(r["mean_sd"].get(n, {}).get(m)) for n in (1, 2) for m in ("endpoint_rmse", "energy_distance")]
-        seconds = np.mean([u["train_seconds"] for u in r["runs"]])
-        lines.append(f"{r['label']:<14}" + "".join(f"{c:>17}" for c in cells) + f"{seconds:>9.1f}{r['networks']:>5}"
-                     f"{r['parameters']:>8}")
+        lines.append(f"{r['label']:<14}" + "".join(f"{c:>17}" for c in cells)
+                     + f"{np.mean([u['train_seconds'] for u in r['runs']]):>9.1f}{r['networks']:>5}{r['parameters']:>8}")
     for k, v in reference.items():
         lines.append(f"{k:<31} endpoint RMSE {f(v['endpoint_rmse']):>16}   energy {f(v['energy_distance'])}")
     return "\n".join(lines)
