@@ -415,20 +415,25 @@ def test_fgm_training_decreases_the_flow_objective(l1_weight):
 
 
 def test_toy2d_method_and_compare_end_to_end(tmp_path):
-    common = ["--steps", "4", "--batch", "64", "--width", "32", "--depth", "2", "--eval-points", "150", "--threads", "1"]
+    common = ["--steps", "4", "--batch", "64", "--width", "32", "--depth", "2", "--eval_points", "150", "--threads", "1"]
     for name in ("meanflow", "direct", "fgm", "fm"):
         out = tmp_path / name
         rows = toy2d.main(common + ["--method", name, "--out", str(out)])
         assert [r["method"] for r in rows] == [name]
         assert (out / f"toy2d_{name}.png").stat().st_size > 10_000
         result = json.loads((out / f"results_{name}.json").read_text())
-        assert math.isfinite(result["rows"][0]["nfe"]["1"]["endpoint_rmse"])
+        assert math.isfinite(result["rows"][0]["runs"][0]["nfe"]["1"]["endpoint_rmse"])
     out = tmp_path / "compare"
-    rows = toy2d.main(common + ["--compare", "--out", str(out)])
+    rows = toy2d.main(common + ["--compare", "--seeds", "0,1", "--out", str(out)])
     assert [r["method"] for r in rows] == list(baselines.METHODS)
     result = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in result["rows"]] == list(baselines.METHODS)
-    assert "MeanFlow" in result["table"] and "exact ODE map" in result["table"]
-    assert set(result["rows"][0]["nfe"]) == {"1", "2"} and set(result["rows"][2]["nfe"]) == {"1"}
-    assert all(math.isfinite(r["nfe"]["1"]["energy_distance"]) for r in result["rows"])
+    assert "MeanFlow" in result["table"] and "exact ODE map" in result["table"] and " +- " in result["table"]
+    soflow_row, direct_row = result["rows"][0], result["rows"][2]
+    assert set(soflow_row["mean_sd"]) == {"1", "2"} and set(direct_row["mean_sd"]) == {"1"}
+    # per seed, and the mean and spread over the seeds
+    assert [u["seed"] for u in soflow_row["runs"]] == [0, 1]
+    e = [u["nfe"]["1"]["endpoint_rmse"] for u in soflow_row["runs"]]
+    assert e[0] != e[1] and soflow_row["mean_sd"]["1"]["endpoint_rmse"] == pytest.approx([np.mean(e), np.std(e)])
+    assert all(math.isfinite(u["nfe"]["1"]["energy_distance"]) for r in result["rows"] for u in r["runs"])
     assert (out / "compare.png").stat().st_size > 10_000
