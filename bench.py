@@ -1,462 +1,330 @@
 """
-Benchmarks: step time and memory, one function per mode.
+The GPU report: one command measures what this project promises and prints one Markdown table (the
+device, torch and CUDA versions in its caption) to paste into BENCHMARKS.md.
 
-    python bench.py --mode=networks --model=B/2 --batch=32
-    python bench.py --mode=networks --model=T/2,B/4 --batch=4 --settings=fp32,bf16+compile
-    python bench.py --mode=losses --model=T/2 --batch=8 --threads=1
+    python bench.py                       # one H100 / H200: about 8 minutes, compilation included
+    python bench.py --parts train,run     # some of the parts
+    python bench.py --tiny                # every part at toy sizes, on a CPU (tests/test_bench.py)
 
-Every value below is a plain global that `--name=value` overrides on the command line
-(values are parsed as Python literals when possible, else kept as strings). Timing is
-sync-correct: warm-up iterations first (they include torch.compile's compilation, which
-is reported separately), then each timed iteration measured on its own (CUDA events on a
-GPU, read after one final torch.cuda.synchronize(); the wall clock on the CPU) and the
-median reported, which resists interference from other processes. Peak memory comes from
-torch.cuda.max_memory_allocated. On a CPU shared with other jobs, --threads=1 avoids the
-thread oversubscription that can slow multi-threaded kernels down by an order of magnitude.
-
-Modes
-  networks  forward + backward of the bare network F(x, t, s, y) (dit.py, unet.py), per
-            model, attention path ('fused' | 'math') and setting: 'fp32' (eager, full
-            precision), 'bf16' (eager, bf16 autocast), 'bf16+compile' (bf16 autocast and
-            torch.compile). Reports time per image, images/s, the arithmetic rate implied
-            by the analytic FLOP count (DiT only: 2 operations per multiply-add, x3 for
-            forward + backward) and, on a GPU with a known peak, MFU.
-  train     one optimizer step of train_imagenet.py (DiT names) or train_cifar.py ('unet')
-            at the paper's settings on synthetic data: the whole SoFlow loss of a
-            micro-batch of `batch` images, backward, optimizer, EMA, with the scripts' own
-            train_step. Reports ms / step, images/s, the arithmetic rate of the forwards
-            the loss makes (train_imagenet.dit_step_flops; the U-Net's counted by torch's
-            FLOP counter), MFU and peak memory. The paper's per-GPU batch on 8 GPUs:
-                python bench.py --mode=train --model=B/2,XL/2 --batch=32 --attn=fused --settings=fp32,bf16+compile
-                python bench.py --mode=train --model=unet --batch=128 --attn=fused --settings=fp32,bf16+compile
-  losses    one training step (loss forward + backward + Adam step) of the SoFlow loss
-            (soflow.soflow_loss, preset 'imagenet', guidance on) against the MeanFlow loss
-            (baselines.meanflow_loss, MEANFLOW_IMAGENET, guidance on) on the same DiT, batch
-            and setting ('fp32' | 'bf16'), per attention path; then their ratios next to the
-            authors' (SPEC section 10), and 1-NFE sampling throughput (soflow.sample; the
-            MeanFlow one-step sampler is the same single forward). MeanFlow's Jacobian-vector
-            product (torch.func.jvp) needs forward-mode autodiff through attention: where
-            the fused kernel lacks it, the row says so and the ratios use MeanFlow with math
-            attention, as the authors' own comparison did. Peak memory: on a GPU,
-            torch.cuda.max_memory_allocated (everything allocated, weights included); on the
-            CPU, each measurement runs in a fresh process (--isolate=True) and reports the
-            growth of that process's peak resident set size (ru_maxrss) over the step loop,
-            i.e. activations, gradients and optimizer state, weights excluded.
+A measurement that would start after its part's BUDGET (seconds) is spent is skipped. The parts:
+train     DiT-B/2 and XL/2, micro-batch 32 (the paper's 256 on 8 GPUs): train_imagenet.py's step, made
+          of its pieces (trainer.Objective on soflow_loss, its inputs(), trainer.train_step: loss,
+          backward, gradient norm, Adam, EMA), the latents already on the GPU (the script copies them
+          asynchronously). Its configuration on CUDA, bf16 + torch.compile (trainer.compile_network) +
+          fused attention, against the same step as the authors' release runs (train.py): fp32, TF32, eager.
+          TFLOP/s of the analytic count (trainer.step_flops), MFU against the dense bf16 peak, peak
+          memory (max_memory_allocated: weights, gradients, Adam, EMA, activations).
+meanflow  SoFlow against MeanFlow (baselines.meanflow_loss), DiT-B/2, the same step, bf16, eager. Its
+          torch.func.jvp needs math attention (dit.set_attention): SoFlow with math attention as the
+          authors compared them (1.19x the speed, 0.76x the memory), and fused.
+sample    One-step sampling, DiT-XL/2, batch 256, bf16: eager (sample.py), then with an SD-VAE-sized decoder
+          (sd-vae-ft-mse's config, random weights, fp32, 32 a call), and compiled (sample.py --compile).
+unet      train_cifar.py's step on CUDA: the U-Net, micro-batch 128, bf16, compiled, fallback_random;
+          the augmentation's labels are drawn, the images not resampled (one grid_sample a step).
+run       torchrun train_imagenet.py: DiT-B/4, synthetic latents in prepare_imagenet.py's format, 32
+          images a GPU, 100 steps, stopped at 50 and resumed, a process a GPU (NCCL from two GPUs; with
+          one, no process group). Checks finite losses, the checkpoint, the resume; img/s and MFU: the
+          median of its log.csv rows whose time includes no compilation.
+Timing: two untimed steps (the first compiles), then the mean of `iters` steps between two syncs; on a
+GPU one more step under torch.cuda.set_sync_debug_mode counts host syncs. 'graphs' are compiled in the
+untimed steps, 'recompiled' in the timed ones. --tiny: the CPU (gloo), torch.compile's 'eager' backend
+(Dynamo's graphs and guards; AOTAutograd and inductor take minutes on a CPU); it measures nothing.
 """
 
-import ast
+import argparse
+import csv
 import dataclasses
+import gc
+import itertools
+import json
+import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
+import traceback
+import warnings
 
+import numpy as np
 import torch
 
-# -----------------------------------------------------------------------------
-# configuration (override with --name=value)
-mode = "networks"
-model = "B/4"                           # comma-separated: DiT names (dit.DIT_CONFIGS) or 'unet'
-batch = 8                               # images per forward+backward
-attn = "fused,math"                     # attention paths to compare
-settings = "fp32,bf16,bf16+compile"     # see the docstring
-warmup = 2                              # untimed iterations (the first one compiles)
-iters = 5                               # timed iterations
-device = "cuda" if torch.cuda.is_available() else "cpu"
-tf32 = True                             # TF32 matmuls for the fp32 setting on NVIDIA GPUs
-peak_tflops = 0.0                       # the device's dense bf16 peak for MFU; 0 = guess from its name
-threads = 0                             # CPU threads for torch (0 = torch's default)
-seed = 0
-losses = "soflow,meanflow"              # losses mode: the losses to time
-loss_settings = "fp32,bf16"             # losses mode: 'fp32' and/or 'bf16' (autocast)
-isolate = True                          # losses mode: one fresh process per measurement (CPU memory)
-# -----------------------------------------------------------------------------
+import baselines
+import checkpoints
+import dit
+import soflow
+import trainer
+import unet
+
+PARTS = ("train", "meanflow", "sample", "unet", "run")
+BUDGET = dict(train=200, meanflow=40, sample=50, unet=60, run=120)     # seconds on one H100 / H200, 470 in all
+VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=256)
+FULL = dict(dits=("XL/2", "B/2"), mf_model="B/2", sample_model="XL/2", dit={}, batch=32, sample_batch=256, vae=VAE,
+            unet={}, unet_batch=128, iters=10, latent=(4, 32, 32), classes=1000, run=["--model=B/4"], steps=100, log=10)
+TINY = dict(FULL, dits=("T/2",), mf_model="T/2", sample_model="T/2", batch=8, sample_batch=8, iters=2, latent=(4, 8, 8),
+            dit=dict(depth=1, hidden_size=32, num_heads=2, input_size=8, num_classes=10), classes=10, steps=8, log=2,
+            vae=dict(VAE, block_out_channels=(8, 16), down_block_types=VAE["down_block_types"][:2],
+                     up_block_types=VAE["up_block_types"][:2], layers_per_block=1, norm_num_groups=4),
+            unet=dict(img_resolution=16, model_channels=16, channel_mult=(1,), num_blocks=1, noise_channels=16, emb_mult=1),
+            unet_batch=8, run=["--model=T/2", "--depth=1", "--hidden_size=32", "--num_heads=2", "--num_workers=0"])
+FAILED = []                                       # the measurements that raised, for the exit status
 
 
-def apply_overrides(argv):
-    """nanoGPT-style: --name=value sets the global `name`, which must exist."""
-    g = globals()
-    for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"bad argument {arg!r}: use --name=value")
-        key, val = arg[2:].split("=", 1)
-        if key not in g or key.startswith("_") or callable(g[key]):
-            raise SystemExit(f"unknown setting {key!r}")
-        try:
-            val = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            pass                                  # a plain string such as B/2 or cuda:1
-        if type(g[key]) is float and type(val) is int:
-            val = float(val)
-        if type(val) is not type(g[key]):
-            raise SystemExit(f"--{key}: expected a {type(g[key]).__name__}, got {val!r}")
-        g[key] = val
-
-
-def _split(s):
-    return [u.strip() for u in str(s).split(",") if u.strip()]
-
-
-def _sync():
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _guess_peak_tflops():
-    """Dense bf16 tensor-core peaks (vendor figures) of common GPUs; None if unknown."""
-    if peak_tflops > 0:
-        return peak_tflops
-    if not device.startswith("cuda"):
+def timed(dev, P, deadline, batch, build, iters=None):
+    """Measure build() -> (step, operations of a step or None) on `batch` images from a clean slate. None once
+    the part's time is spent; {'error'} after out of memory, a failed kernel or compilation, a missing package."""
+    if time.perf_counter() > deadline:
         return None
-    name = torch.cuda.get_device_name()
-    for key, value in (("H200", 989.4), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("4090", 165.2)):
-        if key in name:
-            return value
-    return None
-
-
-def time_step(step):
-    """Median seconds per call of step() over `iters` calls after `warmup` untimed calls
-    (at least one); also the first call's time, which includes any compilation."""
-    _sync()
-    t0 = time.perf_counter()
-    step()
-    _sync()
-    first = time.perf_counter() - t0
-    for _ in range(warmup - 1):
-        step()
-    _sync()
-    if device.startswith("cuda"):   # events queue with the work: no host sync between iterations
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-        events[0].record()
-        for i in range(iters):
-            step()
-            events[i + 1].record()
-        torch.cuda.synchronize()
-        times = [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])]
-    else:
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], first
-
-# -----------------------------------------------------------------------------
-# mode: networks
-
-def build_network(name, attn_mode):
-    """The network and a function making a batch of its inputs (on `device`)."""
-    import dit
-    import unet
-    g = torch.Generator().manual_seed(seed)
-    if name == "unet":
-        net = unet.UNet(attn=attn_mode)
-        shape, labels = (3, 32, 32), None
-    else:
-        net = dit.dit_from_name(name, attn=attn_mode)
-        shape, labels = (4, net.input_size, net.input_size), net.num_classes
-    x = torch.randn(batch, *shape, generator=g)
-    t = torch.rand(batch, generator=g)
-    s = t * torch.rand(batch, generator=g)
-    y = None if labels is None else torch.randint(0, labels, (batch,), generator=g)
-    args = [u.to(device) if u is not None else None for u in (x, t, s, y)]
-    return net.to(device), args
-
-
-def _setup():
-    """Seed, CPU threads and TF32 as configured; returns (peak TFLOP/s, where it runs)."""
-    torch.manual_seed(seed)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    return _guess_peak_tflops(), where
-
-
-def bench_networks():
-    import dit
-    peak, where = _setup()
-    print(f"# networks: forward+backward of F, batch {batch}, median of {iters} iterations after {warmup} warm-up, "
-          f"{where}, torch {torch.__version__}")
-    print("| model | params | attention | setting | ms / image | images / s | first call (s) "
-          "| TFLOP/s | MFU | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in _split(model):
-        for attn_mode in _split(attn):
-            for setting in _split(settings):
-                if setting not in ("fp32", "bf16", "bf16+compile"):
-                    raise SystemExit(f"unknown setting {setting!r}: use fp32, bf16 or bf16+compile")
-                net, (x, t, s, y) = build_network(name, attn_mode)
-                params = sum(p.numel() for p in net.parameters())
-                fn = torch.compile(net) if setting.endswith("compile") else net
-                dtype = torch.bfloat16 if setting.startswith("bf16") else torch.float32
-                dev_type = device.split(":")[0]
-
-                def step():
-                    with torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
-                        out = fn(x, t, s, y)
-                    out.float().square().mean().backward()
-                    net.zero_grad(set_to_none=True)
-
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                sec, first = time_step(step)
-                per_image = sec / batch
-                # the analytic count is per forward, in multiply-adds: x2 operations, x3 fwd + bwd
-                rate = 6 * dit.flops(net) / per_image / 1e12 if name != "unet" else None
-                mfu = f"{100 * rate / peak:.1f}%" if rate is not None and peak else "-"
-                mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else "-"
-                print(f"| {name} | {params / 1e6:.2f}M | {attn_mode} | {setting} | {1e3 * per_image:.2f} "
-                      f"| {1 / per_image:.1f} | {first:.1f} | {'-' if rate is None else f'{rate:.3f}'} "
-                      f"| {mfu} | {mem} |", flush=True)
-                del net, fn
-                torch._dynamo.reset()
-
-# -----------------------------------------------------------------------------
-# mode: losses
-
-AUTHORS = {"speed": 2.84 / 2.39, "memory": 38.95 / 51.45}   # SoFlow / MeanFlow, math attention (SPEC 10)
-
-
-def _loss_fn(name, net, num_classes):
-    """loss(x0, y) -> scalar, for 'soflow' or 'meanflow', with guidance as trained on ImageNet."""
-    import baselines
-    import soflow
-    if name == "soflow":
-        cfg = soflow.preset("imagenet", num_classes=num_classes)
-        return lambda x0, y: soflow.soflow_loss(net, cfg, x0, y, step=1000)[0]
-    if name == "meanflow":
-        cfg = dataclasses.replace(baselines.MEANFLOW_IMAGENET, num_classes=num_classes)
-        return lambda x0, y: baselines.meanflow_loss(net, cfg, x0, y)[0]
-    raise SystemExit(f"unknown loss {name!r}: use soflow or meanflow")
-
-
-def measure_loss_step(conf):
-    """Time one training step of conf['loss'] on a DiT; peak memory as in the docstring.
-    Returns a dict with seconds, first (s), peak (bytes or None), error (str or None)."""
-    import resource
-    import dit
-    globals().update(conf["globals"])
-    torch.manual_seed(seed)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    net = dit.dit_from_name(conf["model"], attn=conf["attn"]).to(device)
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.randn(batch, net.in_channels, net.input_size, net.input_size, generator=g).to(device)
-    y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
-    loss_fn = _loss_fn(conf["loss"], net, net.num_classes)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.99))
-    dtype = torch.bfloat16 if conf["setting"] == "bf16" else torch.float32
-    dev_type = device.split(":")[0]
-
-    def step():
-        with torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = loss_fn(x0, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    if device.startswith("cuda"):
+    torch._dynamo.reset()
+    gc.collect()
+    if dev.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux: KiB
+        torch.cuda.reset_peak_memory_stats(dev)
+    graphs = lambda: torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    sync = lambda: dev.type == "cuda" and torch.cuda.synchronize(dev)
     try:
-        sec, first = time_step(step)
-    except (NotImplementedError, RuntimeError) as e:     # no forward-mode derivative for a kernel
-        if isinstance(e, RuntimeError) and "forward" not in str(e).lower():
-            raise
-        return {"seconds": None, "first": None, "peak": None, "error": str(e).splitlines()[0]}
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0 if conf["isolated"] else None
-    return {"seconds": sec, "first": first, "peak": peak, "error": None}
+        step, flops = build()
+        g0, t0 = graphs(), time.perf_counter()
+        step(), sync()
+        first = time.perf_counter() - t0
+        step(), sync()
+        g1, t0, iters = graphs(), time.perf_counter(), iters or P.iters
+        for _ in range(iters):
+            step()
+        sync()
+    except (RuntimeError, ImportError) as e:
+        traceback.print_exc()
+        return dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+    sec = (time.perf_counter() - t0) / iters
+    r = dict(first=first, sec=sec, img_s=batch / sec, graphs=g1 - g0, recompiled=graphs() - g1, syncs=None,
+             rate=flops and flops / sec / 1e12, peak=torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None)
+    r["mfu"] = r["rate"] and P.peak and r["rate"] / P.peak
+    if dev.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+        torch.cuda.set_sync_debug_mode(0)
+        sync()
+        r["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+    return r
 
 
-def measure_sampling(model_name, attn_mode, setting):
-    """Images/s of 1-NFE sampling, x0 = f(x1, 1, 0) (soflow.sample)."""
-    import dit
-    import soflow
-    net = dit.dit_from_name(model_name, attn=attn_mode).to(device).eval()
+def inputs(mean, std, y):
+    """train_imagenet.py's inputs(): a fresh latent each time an image is used."""
+    return (mean + std * torch.randn_like(std)) * checkpoints.LATENT_SCALE, y, None
+
+
+def train_step(net, model, data, dev, precision, **optimizer):
+    """trainer.train_step on one micro-batch in one process, as the training scripts call it."""
+    C = argparse.Namespace(lr=1e-4, weight_decay=0.0, grad_clip=0.0, seed=0, **optimizer)
+    ema = trainer.EMA(net, 0.9999, *((16, "float64") if C.optimizer == "radam" else ()))   # train_cifar.py's EMA
+    opt, count = trainer.make_optimizer(C, net, dev), itertools.count()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return lambda: trainer.train_step(model, opt, ema, net, data, next(count), C, 0, 1, dev, autocast)
+
+
+def dit_step(dev, P, name, precision, compiled, attn="fused", loss="soflow"):
+    """train_imagenet.py's step (loss 'soflow'), or the same with the MeanFlow loss ('meanflow')."""
+    net = dit.dit_from_name(name, attn=attn, **P.dit).to(dev)
+    fwd = trainer.compile_network(net, P.backend) if compiled else net
     cfg = soflow.preset("imagenet", num_classes=net.num_classes)
-    g = torch.Generator().manual_seed(seed)
-    x1 = torch.randn(batch, net.in_channels, net.input_size, net.input_size, generator=g).to(device)
-    y = torch.randint(0, net.num_classes, (batch,), generator=g).to(device)
-    dtype = torch.bfloat16 if setting == "bf16" else torch.float32
-
-    def step():
-        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-            soflow.sample(net, cfg, x1, y)
-    return batch / time_step(step)[0]
-
-
-def _run(conf):
-    """measure_loss_step in a fresh process (CPU memory figures) or here."""
-    if not conf["isolated"]:
-        return measure_loss_step(conf)
-    import multiprocessing as mp
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(measure_loss_step, (conf,))
-
-
-def bench_losses():
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    on_gpu = device.startswith("cuda")
-    where = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
-    mem_kind = "torch.cuda.max_memory_allocated" if on_gpu else (
-        "growth of the process's peak RSS over the step loop, fresh process per row" if isolate else "not measured (--isolate=False)")
-    print(f"# losses: one training step (loss forward + backward + Adam), batch {batch}, median of {iters} "
-          f"after {warmup} warm-up, {where}, torch {torch.__version__}; peak memory: {mem_kind}")
-    print("| model | attention | setting | loss | ms / step | steps / s | first step (s) | peak memory | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    shared = {k: globals()[k] for k in ("device", "batch", "warmup", "iters", "threads", "seed", "tf32")}
-    results = {}
-    for name in _split(model):
-        import dit
-        n = sum(p.numel() for p in dit.dit_from_name(name).parameters() if p.requires_grad)
-        print(f"# {name}: {n / 1e6:.2f}M trainable parameters, whatever the loss: fp32 gradients + Adam state "
-              f"{12 * n / 2**30:.3f} GiB (in both memory figures), weights {4 * n / 2**30:.3f} GiB (in the GPU figure only)")
-        for setting in _split(loss_settings):
-            if setting not in ("fp32", "bf16"):
-                raise SystemExit(f"unknown loss setting {setting!r}: use fp32 or bf16")
-            for attn_mode in _split(attn):
-                for loss in _split(losses):
-                    conf = {"model": name, "attn": attn_mode, "setting": setting, "loss": loss,
-                            "globals": shared, "isolated": isolate and not on_gpu}
-                    r = _run(conf)
-                    results[name, setting, attn_mode, loss] = r
-                    if r["error"]:
-                        print(f"| {name} | {attn_mode} | {setting} | {loss} | - | - | - | - | torch.func.jvp "
-                              f"unsupported here ({r['error'][:70]}...); the ratios use math attention |", flush=True)
-                        continue
-                    mem = "-" if r["peak"] is None else f"{r['peak'] / 2**30:.3f} GiB"
-                    print(f"| {name} | {attn_mode} | {setting} | {loss} | {1e3 * r['seconds']:.1f} "
-                          f"| {1 / r['seconds']:.2f} | {r['first']:.1f} | {mem} | |", flush=True)
-    if "soflow" in _split(losses) and "meanflow" in _split(losses):
-        print(f"\n# SoFlow / MeanFlow (authors, GPU, math attention: speed {AUTHORS['speed']:.2f}x, "
-              f"memory {AUTHORS['memory']:.2f}x)")
-        print("| model | setting | SoFlow attention | MeanFlow attention | speed (steps/s ratio) | memory ratio |")
-        print("|---|---|---|---|---|---|")
-        for name in _split(model):
-            for setting in _split(loss_settings):
-                for attn_mode in _split(attn):
-                    so = results.get((name, setting, attn_mode, "soflow"))
-                    mf_attn = attn_mode
-                    mf = results.get((name, setting, attn_mode, "meanflow"))
-                    if mf is not None and mf["error"] and (name, setting, "math", "meanflow") in results:
-                        mf_attn, mf = "math", results[name, setting, "math", "meanflow"]   # the fallback
-                    if not so or not mf or so["error"] or mf["error"]:
-                        continue
-                    mem = f"{so['peak'] / mf['peak']:.2f}x" if so["peak"] and mf["peak"] else "-"
-                    print(f"| {name} | {setting} | {attn_mode} | {mf_attn} | {mf['seconds'] / so['seconds']:.2f}x "
-                          f"| {mem} |", flush=True)
-    print("\n# 1-NFE sampling (one forward of F; the same for both methods)")
-    print("| model | attention | setting | images / s |")
-    print("|---|---|---|---|")
-    for name in _split(model):
-        for setting in _split(loss_settings):
-            for attn_mode in _split(attn):
-                print(f"| {name} | {attn_mode} | {setting} | {measure_sampling(name, attn_mode, setting):.1f} |", flush=True)
-
-# -----------------------------------------------------------------------------
-# mode: train
-
-def build_training(name, attn_mode, compiled):
-    """What train_imagenet.py (DiT names) or train_cifar.py ('unet') trains, at the
-    paper's settings: the network, the loss module, one micro-batch of synthetic data
-    (`batch` images), the optimizer settings, the EMA and the operations of one step."""
-    import argparse
-    import soflow
-    import trainer
-    dev = torch.device(device)
-    g = torch.Generator().manual_seed(seed)
-    if name == "unet":
-        import unet
-        net = unet.UNet(attn=attn_mode).to(dev)
-        cfg = soflow.preset("cifar10")
-        fwd = torch.compile(net, dynamic=False) if compiled else net
-        if compiled:
-            torch._inductor.config.fallback_random = True       # as train_cifar.py: dropout masks replay
-        objective = trainer.Objective(fwd, cfg, lambda x: (x.float() / 127.5 - 1, None, {
-            "augment_labels": torch.zeros(x.shape[0], 6, device=x.device)}))
-        data = (torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g).to(dev),)
-        opt = dict(optimizer="radam", lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0)
-        ema = trainer.EMA(net, 0.9999, 16, "float64")
-        macs = unet.flops(net.config)
+    if loss == "soflow":
+        model, flops = trainer.Objective(fwd, cfg, inputs), trainer.step_flops(dit.flops(net.config), cfg, P.batch, 1, 1)
     else:
-        import dit
-        net = dit.dit_from_name(name, attn=attn_mode).to(dev)
-        cfg = soflow.preset("imagenet")
-        fwd = torch.compile(net, dynamic=False) if compiled else net
-        objective = trainer.Objective(fwd, cfg, lambda mean, std, y: ((mean + std * torch.randn_like(std)) * 0.18215, y, None))
-        mean = torch.randn(batch, 4, 32, 32, generator=g) * 5
-        std = torch.rand(batch, 4, 32, 32, generator=g) * 0.1
-        data = tuple(u.to(dev) for u in (mean, std, torch.randint(0, 1000, (batch,), generator=g)))
-        opt = dict(optimizer="adam", lr=1e-4, beta1=0.9, beta2=0.99, weight_decay=0.0)
-        ema = trainer.EMA(net, 0.9999, 1, "float32")
-        macs = dit.flops(net.config)
-    C = argparse.Namespace(**opt, grad_clip=0.0, seed=seed)
-    return net, objective, data, C, ema, trainer.step_flops(macs, cfg, batch, 1, 1)
+        mf = dataclasses.replace(baselines.MEANFLOW_IMAGENET, num_classes=net.num_classes)
+        model, flops = (lambda step, *mb: baselines.meanflow_loss(fwd, mf, *inputs(*mb)[:2])), None
+    mean = 5 * torch.randn(P.batch, net.in_channels, net.input_size, net.input_size, device=dev)   # as latents
+    data = [(mean, torch.full_like(mean, 0.1), torch.randint(0, net.num_classes, (P.batch,), device=dev))]
+    return train_step(net, model, data, dev, precision, optimizer="adam", beta1=0.9, beta2=0.99), flops
 
 
-def bench_train():
-    """One optimizer step of the training scripts (trainer.train_step: the whole SoFlow
-    loss of a micro-batch, backward, gradient norm, optimizer step, EMA update), one
-    process, synthetic data, per setting: 'fp32' (eager, TF32 on a GPU as the scripts set
-    it), 'bf16' (eager, autocast), 'bf16+compile' (autocast, torch.compile of the network:
-    the scripts' default on CUDA)."""
-    import trainer
-    peak, where = _setup()
-    print(f"# train: one optimizer step (SoFlow loss, backward, optimizer, EMA), micro-batch {batch}, median of "
-          f"{iters} steps after {warmup} warm-up, {where}, torch {torch.__version__}")
-    print("| model | params | attention | setting | ms / step | images / s | first step (s) | TFLOP/s | MFU "
-          "| peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    dev = torch.device(device)
-    for name in _split(model):
-        for attn_mode in _split(attn):
-            for setting in _split(settings):
-                if setting not in ("fp32", "bf16", "bf16+compile"):
-                    raise SystemExit(f"unknown setting {setting!r}: use fp32, bf16 or bf16+compile")
-                net, objective, data, C, ema, flops = build_training(name, attn_mode, setting.endswith("compile"))
-                opt = trainer.make_optimizer(C, net, dev)
-                autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=setting.startswith("bf16"))
-                count = [0]
+def sample_step(dev, P, compiled, vae=False):
+    """One-step sampling of a batch (bf16 autocast), then the latents decoded 32 at a time if vae."""
+    if vae:                                           # diffusers' AutoencoderKL, P.vae's architecture, random weights
+        from diffusers.models import AutoencoderKL
+        vae = AutoencoderKL(**P.vae).to(dev).eval().requires_grad_(False)
+    net = dit.dit_from_name(P.sample_model, **P.dit).to(dev).eval().requires_grad_(False)
+    fwd = torch.compile(net, backend=P.backend) if compiled else net
+    cfg = soflow.preset("imagenet", num_classes=net.num_classes)
+    x1 = torch.randn(P.sample_batch, net.in_channels, net.input_size, net.input_size, device=dev)
+    y = torch.randint(0, net.num_classes, (P.sample_batch,), device=dev)
 
-                def step():
-                    trainer.train_step(objective, opt, ema, net, [data], count[0], C, 0, 1, dev, autocast)
-                    count[0] += 1
-
-                if device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                sec, first = time_step(step)
-                rate = flops / sec / 1e12
-                mfu = f"{100 * rate / peak:.1f}%" if peak else "-"
-                mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.startswith("cuda") else "-"
-                params_m = sum(p.numel() for p in net.parameters()) / 1e6
-                print(f"| {name} | {params_m:.2f}M | {attn_mode} | {setting} | {1e3 * sec:.1f} | {batch / sec:.1f} "
-                      f"| {first:.1f} | {rate:.3f} | {mfu} | {mem} |", flush=True)
-                del net, objective, opt, ema
-                torch._dynamo.reset()
-
-# -----------------------------------------------------------------------------
-
-MODES = {"networks": bench_networks, "losses": bench_losses, "train": bench_train}
+    @torch.no_grad()
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            z = soflow.sample(fwd, cfg, x1, y)
+        return [vae.decode(u.float() / checkpoints.LATENT_SCALE).sample for u in z.split(32)] if vae else z
+    return step, None if vae else 2 * dit.flops(net.config) * P.sample_batch
 
 
-def main(argv):
-    apply_overrides(argv)
-    if mode not in MODES:
-        raise SystemExit(f"unknown mode {mode!r}: choose from {sorted(MODES)}")
-    MODES[mode]()
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def goal(value, op, target, unit):
+    """'goal >= 2x: met', or NOT met, or no verdict without a value."""
+    verdict = "" if value is None else ": met" if (value >= target if op == ">=" else value <= target) else ": NOT met"
+    return f"goal {op} {target:g}{unit}{verdict}"
+
+
+def line(part, workload, config, cells, notes):
+    print(f"| {part} | {workload} | {config} | {' | '.join(cells)} | {notes} |", flush=True)
+
+
+def row(part, workload, config, r, note=""):
+    """The row of a measurement r (None: skipped)."""
+    if r is None or "error" in r:
+        FAILED.extend([f"{part}: {workload}, {config}"] if r else [])
+        return line(part, workload, config, ["-"] * 6,
+                    f"FAILED: {r['error']}" if r else f"skipped: the part's {BUDGET[part]} s were spent")
+    notes = [f"graphs {r['graphs']}, recompiled {r['recompiled']}" if r["graphs"] else "",
+             "" if r["syncs"] is None else f"host syncs {r['syncs']} / step", note]
+    line(part, workload, config, [f"{1e3 * r['sec']:.1f}", f"{r['img_s']:.1f}", fmt(r["rate"], ".3g"),
+                                  fmt(r["mfu"] and 100 * r["mfu"], ".1f"), fmt(r["peak"] and r["peak"] / 2 ** 30, ".2f"),
+                                  f"{r['first']:.1f}"], "; ".join(n for n in notes if n))
+
+
+def ratio(part, workload, a, b, goals):
+    """The speed-up of measurement a over b and the ratio of their peak memory, with goals(speed, memory)."""
+    if a and b and "error" not in a and "error" not in b:
+        speed, mem = b["sec"] / a["sec"], a["peak"] and b["peak"] and a["peak"] / b["peak"]
+        line(part, workload, "-", ["-"] * 6, f"speed {speed:.2f}x{f', memory {mem:.2f}x' if mem else ''}{goals(speed, mem)}")
+
+# ----------------------------------------------------------------------------- the parts
+
+
+def part_train(dev, P, deadline):
+    for name in P.dits:
+        release, fast = (timed(dev, P, deadline, P.batch, lambda: dit_step(dev, P, name, precision, compiled))
+                         for precision, compiled in (("fp32", False), ("bf16", True)))
+        row("train", f"DiT-{name}, micro-batch {P.batch}", "release: fp32 (TF32), eager, fused attention", release)
+        row("train", f"DiT-{name}, micro-batch {P.batch}", "bf16, compiled, fused attention", fast,
+            goal(fast and fast.get("mfu") and 100 * fast["mfu"], ">=", 45, "% MFU") if name == "XL/2" else "")
+        ratio("train", f"DiT-{name}: compiled bf16 against the release", fast, release,
+              lambda s, m: "; " + goal(s, ">=", 2, "x") if name == "XL/2" else "")
+
+
+def part_meanflow(dev, P, deadline):
+    runs = {}
+    for loss, attn in (("soflow", "math"), ("meanflow", "math"), ("soflow", "fused")):
+        runs[loss, attn] = timed(dev, P, deadline, P.batch, lambda: dit_step(dev, P, P.mf_model, "bf16", False, attn, loss))
+        row("meanflow", f"{'SoFlow' if loss == 'soflow' else 'MeanFlow'}, DiT-{P.mf_model}, micro-batch {P.batch}",
+            f"bf16, eager, {attn} attention", runs[loss, attn])
+    for attn in ("math", "fused"):
+        ratio("meanflow", f"SoFlow ({attn} attention) against MeanFlow (math)", runs["soflow", attn],
+              runs["meanflow", "math"], lambda s, m: (" (the authors' poster: 2.84 / 2.39 it/s = "
+              "1.19x, 38.95 / 51.45 GB = 0.76x)" if attn == "math" else "") + f"; {goal(s, '>=', 1.3, 'x speed')}, "
+              f"{goal(m, '<=', 0.7, 'x memory')}")
+
+
+def part_sample(dev, P, deadline):
+    what = f"DiT-{P.sample_model}, 1-NFE sampling, batch {P.sample_batch}"
+    alone = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, False))
+    row("sample", what, "bf16, eager", alone)
+    r = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, False, vae=True), iters=3)
+    both = "sec" in (alone or {}) and "sec" in (r or {})
+    row("sample", what + ", then decoded", "bf16, eager; SD-VAE-sized decoder (random weights), fp32", r,
+        f"the decoder alone: {P.sample_batch / (r['sec'] - alone['sec']):.1f} img/s" if both else "")
+    r = timed(dev, P, deadline, P.sample_batch, lambda: sample_step(dev, P, True))
+    row("sample", what, "bf16, compiled", r, goal(r and r.get("img_s"), ">=", 2000, " img/s") * (P.sample_model == "XL/2"))
+
+
+def part_unet(dev, P, deadline):
+    """train_cifar.py's step on CUDA (bf16, compiled), without the augmentation's resampling."""
+    def unet_inputs(images):       # train_cifar.py's labels: each transform drawn w.p. augment_p = 0.12
+        n, d = images.shape[0], images.device
+        labels = torch.where(torch.rand(n, 6, device=d) < 0.12, torch.randn(n, 6, device=d), 0.0)
+        return images.float() / 127.5 - 1, None, {"augment_labels": labels}
+
+    def build():
+        net, cfg = unet.UNet(**P.unet).to(dev), soflow.preset("cifar10")
+        model = trainer.Objective(trainer.compile_network(net, P.backend), cfg, unet_inputs)
+        images = torch.randint(0, 256, (P.unet_batch, 3, net.img_resolution, net.img_resolution), dtype=torch.uint8)
+        step = train_step(net, model, [(images.to(dev),)], dev, "bf16", optimizer="radam", beta1=0.9, beta2=0.999)
+        return step, trainer.step_flops(unet.flops(net.config), cfg, P.unet_batch, 1, 1)
+    with torch._inductor.config.patch(fallback_random=True):      # as train_cifar.py compiles a U-Net with dropout
+        r = timed(dev, P, deadline, P.unet_batch, build)
+    row("unet", f"CIFAR-10 U-Net, micro-batch {P.unet_batch}", "bf16, compiled, fused attention", r)
+
+
+def part_run(dev, P, deadline, folder):
+    nproc = torch.cuda.device_count() if dev.type == "cuda" else 1
+    batch, half, out, data, n = P.batch * nproc, P.steps // 2, f"{folder}/run", f"{folder}/latents", 4 * P.batch * nproc
+    os.makedirs(data)                                 # latents in prepare_imagenet.py's format
+    rng = np.random.default_rng(0)
+    np.save(f"{data}/mean.npy", 5 * rng.standard_normal((n, *P.latent), np.float32))
+    np.save(f"{data}/std.npy", np.full((n, *P.latent), 0.1, np.float32))
+    np.save(f"{data}/labels.npy", rng.integers(0, P.classes, n))
+    with open(f"{data}/meta.json", "w") as f:
+        json.dump(dict(vae=checkpoints.DEFAULT_VAE, image_size=8 * P.latent[-1], latent_shape=list(P.latent),
+                       num_items=n, num_classes=P.classes, complete=True), f)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_imagenet.py"), *P.run, f"--data={data}",
+           f"--out_dir={out}", f"--batch_size={batch}", f"--steps={P.steps}", f"--device={dev.type}", "--progress=False",
+           f"--log_every={P.log}", "--sample_every=0", f"--peak_tflops={P.peak or 0}"]
+    problems, log = [], ""
+    for extra in ([f"--stop_at={half}"], []):      # stopped half way, then resumed
+        try:
+            res = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=max(deadline - time.perf_counter(), 1))
+        except subprocess.TimeoutExpired:
+            problems.append(f"over the part's {BUDGET['run']} s")
+            break
+        log += res.stdout + res.stderr
+        if res.returncode:
+            problems.append(f"exit status {res.returncode}")
+            break
+    rows = list(csv.DictReader(open(f"{out}/log.csv"))) if os.path.isfile(f"{out}/log.csv") else []
+    steps, ckpt = [int(r["step"]) for r in rows], f"{out}/ckpt.pt"
+    problems += [] if problems else [what for what, ok in (
+        (f"log.csv's steps {steps}", steps == [*range(P.log, P.steps + 1, P.log)]),
+        ("a non-finite loss", all(math.isfinite(float(r["loss"])) for r in rows)),
+        (f"no checkpoint of step {P.steps}", os.path.isfile(ckpt) and checkpoints.load(ckpt)["step"] == P.steps),
+        (f"no resume at step {half}", f"resumed from {ckpt} at step {half}" in log)) if not ok]
+    if problems:
+        FAILED.append("run")
+        print(log[-3000:], file=sys.stderr)
+    clean = [r for r in rows if int(r["step"]) not in (P.log, half + P.log)]      # their time includes compilation
+    median = lambda k: float(np.median([float(r[k]) for r in clean])) if clean and clean[0].get(k) else None
+    line("run", f"torchrun train_imagenet.py {' '.join(P.run)}, batch {batch}, {P.steps} steps",
+         f"the script's defaults on {dev.type}, {nproc} process(es)", ["-", fmt(median("img_per_s"), ".1f"), "-",
+         fmt(median("mfu") and 100 * median("mfu"), ".1f"), fmt(median("peak_mem_gib"), ".2f"), "-"],
+         "FAILED: " + ", ".join(problems) if problems else f"finite losses, checkpoint at {P.steps}, resumed at {half}: ok")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
+    p.add_argument("--tiny", action="store_true", help="tiny versions of every part (on a CPU: a minute or two)")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated (default: all of them)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if there is one")
+    p.add_argument("--peak_tflops", type=float, default=0.0, help="dense bf16 TFLOP/s for MFU; 0 = from the device's name")
+    args = p.parse_args(argv)
+    if not set(parts := args.parts.split(",")) <= set(PARTS):
+        p.error(f"argument --parts: {args.parts!r} is not a comma-separated list of {', '.join(PARTS)}")
+    if not 0 <= args.peak_tflops < math.inf:
+        p.error(f"argument --peak_tflops: {args.peak_tflops} is not a number >= 0")
+    _, _, dev = trainer.setup(args.device)                       # TF32 for fp32 matmuls on a GPU, as the scripts
+    if dev.type != "cuda" and not args.tiny:
+        raise SystemExit("error: the report measures H100-scale steps and needs a CUDA GPU, and none is in use here "
+                         "(none found, or --device cpu); --tiny runs its tiny version on the CPU")
+    P = argparse.Namespace(**(TINY if args.tiny else FULL), backend="inductor" if dev.type == "cuda" else "eager",
+                           peak=trainer.peak_tflops(dev, args.peak_tflops))
+    where = f"{torch.cuda.get_device_name(dev)}, CUDA {torch.version.cuda}" if dev.type == "cuda" else "CPU"
+    print(f"**python bench.py {' '.join(sys.argv[1:] if argv is None else argv)}** on {where}, torch {torch.__version__},"
+          f" bf16 peak {fmt(P.peak, 'g')} TFLOP/s, {time.strftime('%Y-%m-%d')}{': tiny, it measures nothing' * args.tiny}\n")
+    print("| part | workload | configuration | ms / step | img/s | TFLOP/s | MFU % | peak GiB | first step s | notes |\n"
+          "|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in parts:
+            deadline = time.perf_counter() + BUDGET[part]
+            globals()[f"part_{part}"](dev, P, deadline, *([tmp] if part == "run" else []))
+    print(f"\n{time.perf_counter() - t0:.0f} s in all (budget {sum(BUDGET[u] for u in parts)} s)", flush=True)
+    if FAILED:
+        raise SystemExit(f"error: {len(FAILED)} measurement(s) failed ({'; '.join(FAILED)}): their tracebacks are above")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -173,7 +173,7 @@ def main(argv=None):
     labels = torch.arange(C.num_samples, device=device) % latents.num_classes
 
     compiled = C.compile == "on" or (C.compile == "auto" and device.type == "cuda")
-    model = trainer.Objective(torch.compile(net) if compiled else net, cfg, inputs)
+    model = trainer.Objective(trainer.compile_network(net) if compiled else net, cfg, inputs)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                     broadcast_buffers=False, gradient_as_bucket_view=True)

@@ -1,15 +1,12 @@
 """
 What the two training scripts (train_imagenet.py, train_cifar.py) share, in the order a
 run uses it: settings from the command line, processes and seeds, the order of the data,
-the optimizer and the EMA, the training step, and the run's folder (checkpoints with an
-exact resume, the CSV log and its plot). Each script keeps its own loop; this file holds
-the machinery the loops call.
+the optimizer and EMA, the training step, and the run's folder (checkpoints with an exact
+resume, the log). Each script keeps its own loop; the loops call this.
 
-Exactness: every random draw of a micro-step (noise, times, label dropout, dropout,
-augmentation, the latent sample) comes from generators seeded by (seed, step, index of
-the micro-batch in the step) alone, and the images of a step from (seed, step). So a
-resumed run continues the interrupted one bit for bit (on the CPU), and 8 processes or
-2 processes with accumulation see the same stream of data and noise.
+Every random draw of a micro-step comes from (seed, step, index of the micro-batch in the
+step) alone, and the images of a step from (seed, step): a resumed run continues bit for
+bit (on the CPU), and 8 processes or 2 with accumulation see the same data and noise.
 """
 
 import argparse
@@ -22,6 +19,7 @@ import inspect
 import math
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -52,24 +50,21 @@ RANGES = {  # checked after parsing: (test, what the value must be)
 
 
 def _bool(text):
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+    if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
-    return text.lower() in ("true", "1", "yes")
+    return text.lower() in ("true", "1")
 
 
 def _finite(text):
-    value = float(text)
-    if not math.isfinite(value):
+    if not math.isfinite(float(text)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+    return float(text)
 
 
 def _type_of(default):
-    if isinstance(default, bool):
-        return _bool
     if isinstance(default, (tuple, list)):
         return lambda text: tuple(int(u) for u in text.strip("()[] ").split(",") if u.strip())
-    return {int: int, float: _finite}.get(type(default), str)
+    return {bool: _bool, int: int, float: _finite}.get(type(default), str)
 
 
 def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), choices=None, describe=None):
@@ -129,11 +124,11 @@ def method_config(C, num_classes=None):
 def accumulation(C, world):
     """(micro-batch, accumulation micro-steps): batch_size = micro_batch x accumulation x world."""
     micro = C.micro_batch or C.batch_size // world
-    if micro < 1 or C.batch_size % (micro * world):
-        raise SystemExit(f"error: --batch_size={C.batch_size} is not divisible by micro_batch x world size = "
-                         f"{micro} x {world} = {micro * world}; choose a --micro_batch that divides "
-                         f"{C.batch_size // world}" if C.batch_size % world == 0 else
-                         f"error: --batch_size={C.batch_size} cannot be shared by {world} processes")
+    if C.batch_size % world:
+        raise SystemExit(f"error: --batch_size={C.batch_size} cannot be shared by {world} processes")
+    if C.batch_size % (micro * world):
+        raise SystemExit(f"error: --batch_size={C.batch_size} is not divisible by micro_batch x world size = {micro} x "
+                         f"{world} = {micro * world}; choose a --micro_batch that divides {C.batch_size // world}")
     return micro, C.batch_size // (micro * world)
 
 # -----------------------------------------------------------------------------
@@ -171,7 +166,7 @@ def seed_micro_step(seed, step, index, device):
 
 
 @functools.lru_cache(maxsize=2)
-def epoch_order(num_items, seed, epoch):
+def _epoch_order(num_items, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(num_items)
 
 
@@ -179,14 +174,13 @@ def step_indices(num_items, batch, seed, step):
     """The dataset indices of the global batch of `step`: a fresh permutation each epoch,
     seeded by (seed, epoch), cut into batches (an incomplete last batch is skipped)."""
     epoch, pos = divmod(step, num_items // batch)
-    return epoch_order(num_items, seed, epoch)[pos * batch:(pos + 1) * batch]
+    return _epoch_order(num_items, seed, epoch)[pos * batch:(pos + 1) * batch]
 
 
 def micro_slices(batch, micro, rank, world_size):
     """(index j, slice of the global batch) of each micro-step of this process: micro-step
     a of rank r takes part j = a * world + r, whatever the split."""
-    return [(j, slice(j * micro, (j + 1) * micro))
-            for j in range(rank, batch // micro, world_size)]
+    return [(j, slice(j * micro, (j + 1) * micro)) for j in range(rank, batch // micro, world_size)]
 
 # -----------------------------------------------------------------------------
 # Optimizer, EMA, the step.
@@ -234,7 +228,7 @@ def train_step(model, opt, ema, net, micro_batches, step, C, rank, world_size, d
             logs[k] = logs.get(k, 0) + v.float() / len(micro_batches)
         ok &= torch.isfinite(loss.detach())
     if C.grad_clip > 0:
-        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, C.grad_clip, foreach=True)
+        logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, C.grad_clip)    # foreach kernels where they exist
     else:
         logs["grad_norm"] = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     logs["ok"] = ok & torch.isfinite(logs["grad_norm"])
@@ -256,6 +250,13 @@ class Objective(torch.nn.Module):
     def forward(self, step, *micro_batch):
         x0, y, extra = self.inputs(*micro_batch)
         return soflow.soflow_loss(self.net, self.cfg, x0, y, step=step, net_kwargs=extra)
+
+
+def compile_network(net, backend="inductor"):
+    """torch.compile with static shapes: soflow_loss calls the network at fixed sizes (guided ImageNet at 32:
+    40 images gradient-free, 24 with gradient, 8 with, 8 without), each call gets its own graph in the first
+    step and none is compiled later; torch's default recompiles the second call with symbolic sizes."""
+    return torch.compile(net, dynamic=False, backend=backend)
 
 
 PEAK_TFLOPS = (("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("B200", 2250),
@@ -305,9 +306,6 @@ class Run:
             raise SystemExit(f"error: --out_dir={C.out_dir!r} is a file, not a folder; name another --out_dir")
         self.sums, self.count, self.t_mark, self.t_start = {}, 0, time.perf_counter(), time.perf_counter()
 
-    def keep_name(self, step):
-        return os.path.join(self.C.out_dir, f"ckpt_{step:07d}.pt")
-
     def resume(self, config, net, ema, opt):
         """Load ckpt.pt if there is one (the configuration must match) and return its step, or 0.
         The log loses the rows after that step, and a kept checkpoint that a kill prevented is made."""
@@ -336,14 +334,15 @@ class Run:
             step = ck["step"]
         if self.rank == 0:
             self.trim_log(step)
-            if step and self.C.keep_every and step % self.C.keep_every == 0 and not os.path.exists(self.keep_name(step)):
-                self.keep(step)
+            if step and self.C.keep_every and step % self.C.keep_every == 0:
+                self.keep(step)                           # again: a kill may have come before the link
             if step:
                 print(f"resumed from {self.ckpt} at step {step}", flush=True)
         self.barrier()
         return step
 
     def trim_log(self, step):
+        """log.csv without the rows after `step` (those of an interrupted run), atomically."""
         if os.path.isfile(self.log_path):
             with open(self.log_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
@@ -389,7 +388,7 @@ class Run:
             row["mfu"] = f"{flops * self.count / seconds / (self.world * peak * 1e12):.4f}"
         if self.device.type == "cuda":
             row["peak_mem_gib"] = f"{torch.cuda.max_memory_allocated(self.device) / 2 ** 30:.2f}"
-        if self.rank == 0:
+        if self.rank == 0:                                # append-only: a kill loses at most this row
             new = not os.path.isfile(self.log_path)
             with open(self.log_path, "a", newline="") as f:
                 w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
@@ -402,27 +401,26 @@ class Run:
     def save(self, step, config, net, ema, opt):
         """ckpt.pt, atomically, and ckpt_STEP.pt on keep_every steps (the same file, linked)."""
         self.check_finite()
-        t0 = time.perf_counter()
-        if self.rank == 0:
-            checkpoints.save({"model": net.state_dict(), "ema": ema.net.state_dict(), "optimizer": opt.state_dict(),
-                              "step": step, "config": config}, self.ckpt)
-            if self.C.keep_every and step % self.C.keep_every == 0:
-                self.keep(step)
-        self.barrier()
-        self.t_mark += time.perf_counter() - t0          # saving is not training time
+        with self.paused():
+            if self.rank == 0:
+                checkpoints.save({"model": net.state_dict(), "ema": ema.net.state_dict(),
+                                  "optimizer": opt.state_dict(), "step": step, "config": config}, self.ckpt)
+                if self.C.keep_every and step % self.C.keep_every == 0:
+                    self.keep(step)
+            self.barrier()
 
     def keep(self, step):
-        tmp = self.keep_name(step) + ".tmp"
+        """ckpt_STEP.pt: a second name for ckpt.pt (a hard link, no copy), made atomically."""
+        tmp = os.path.join(self.C.out_dir, f"ckpt_{step:07d}.pt.tmp")
         try:
-            os.link(self.ckpt, tmp)                       # a second name for the same file, no copy
-        except OSError:
-            import shutil
+            os.link(self.ckpt, tmp)
+        except OSError:                                   # a file system without hard links
             shutil.copyfile(self.ckpt, tmp)
-        os.replace(tmp, self.keep_name(step))
+        os.replace(tmp, tmp[:-4])
 
     @contextlib.contextmanager
     def paused(self):
-        """Time inside (sample grids, plots) is not counted as training time."""
+        """Time inside (saves, sample grids, plots) is not training time."""
         t0 = time.perf_counter()
         yield
         self.t_mark += time.perf_counter() - t0
@@ -433,8 +431,9 @@ class Run:
 
 
 def init_weights(net, ema, source):
-    """Fine-tuning: the network and EMA weights of `source` (our checkpoint or a released
-    one), loaded strictly; the run itself starts at step 0 with a new optimizer."""
+    """Fine-tuning: the network and EMA weights of `source` (our checkpoint, a released file,
+    folder or configuration name: checkpoints.resolve), loaded strictly; the run itself starts
+    at step 0 with a new optimizer, `source` recorded in its config (train.init_from)."""
     try:
         path = checkpoints.resolve(source)
         ck = checkpoints.load(path)
@@ -442,6 +441,8 @@ def init_weights(net, ema, source):
         checkpoints.load_state(ema.net, checkpoints.weights_of(ck, path, "ema"), f"--init_from={source} ['ema']")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    if world()[0] == 0:
+        print(f"fine-tuning from {path}: its network and EMA weights, a new optimizer, step 0", flush=True)
 
 
 def finish(net, step, run):
@@ -465,16 +466,13 @@ def plot_log(csv_path, png_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(open(csv_path, newline="")))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, keys, title in ((axes[0], ["loss"], "loss: lambda L_FM + (1 - lambda) L_SCM"),
                             (axes[1], ["fm_mse", "scm_mse"], "MSE of flow matching and consistency"),
                             (axes[2], ["grad_norm"], "gradient norm")):
-        for k in keys:
-            pts = [(int(r["step"]), float(r[k])) for r in rows if r.get(k)]
-            if pts:
-                ax.plot(*zip(*pts), label=k)
+        for k in (k for k in keys if any(r.get(k) for r in rows)):
+            ax.plot(*zip(*[(int(r["step"]), float(r[k])) for r in rows if r.get(k)]), label=k)
         ax.set(title=title, xlabel="step", yscale="linear" if keys == ["loss"] else "log")
         ax.legend()
     fig.tight_layout()

@@ -415,48 +415,25 @@ def test_fgm_training_decreases_the_flow_objective(l1_weight):
 
 
 def test_toy2d_method_and_compare_end_to_end(tmp_path):
-    common = ["--steps", "4", "--batch", "64", "--width", "32", "--depth", "2", "--eval-points", "150", "--threads", "1"]
+    common = ["--steps", "4", "--batch", "64", "--width", "32", "--depth", "2", "--eval_points", "150", "--threads", "1"]
     for name in ("meanflow", "direct", "fgm", "fm"):
         out = tmp_path / name
         rows = toy2d.main(common + ["--method", name, "--out", str(out)])
         assert [r["method"] for r in rows] == [name]
         assert (out / f"toy2d_{name}.png").stat().st_size > 10_000
         result = json.loads((out / f"results_{name}.json").read_text())
-        assert math.isfinite(result["rows"][0]["nfe"]["1"]["endpoint_rmse"])
+        assert math.isfinite(result["rows"][0]["runs"][0]["nfe"]["1"]["endpoint_rmse"])
     out = tmp_path / "compare"
-    rows = toy2d.main(common + ["--compare", "--out", str(out)])
+    rows = toy2d.main(common + ["--compare", "--seeds", "0,1", "--out", str(out)])
     assert [r["method"] for r in rows] == list(baselines.METHODS)
     result = json.loads((out / "compare.json").read_text())
     assert [r["method"] for r in result["rows"]] == list(baselines.METHODS)
-    assert "MeanFlow" in result["table"] and "exact ODE map" in result["table"]
-    assert set(result["rows"][0]["nfe"]) == {"1", "2"} and set(result["rows"][2]["nfe"]) == {"1"}
-    assert all(math.isfinite(r["nfe"]["1"]["energy_distance"]) for r in result["rows"])
+    assert "MeanFlow" in result["table"] and "exact ODE map" in result["table"] and " +- " in result["table"]
+    soflow_row, direct_row = result["rows"][0], result["rows"][2]
+    assert set(soflow_row["mean_sd"]) == {"1", "2"} and set(direct_row["mean_sd"]) == {"1"}
+    # per seed, and the mean and spread over the seeds
+    assert [u["seed"] for u in soflow_row["runs"]] == [0, 1]
+    e = [u["nfe"]["1"]["endpoint_rmse"] for u in soflow_row["runs"]]
+    assert e[0] != e[1] and soflow_row["mean_sd"]["1"]["endpoint_rmse"] == pytest.approx([np.mean(e), np.std(e)])
+    assert all(math.isfinite(u["nfe"]["1"]["energy_distance"]) for r in result["rows"] for u in r["runs"])
     assert (out / "compare.png").stat().st_size > 10_000
-
-
-def test_bench_losses_mode_runs(capsys):
-    """bench.py's losses mode on the tiny DiT, one iteration per row (a smoke test of the
-    script, not a measurement): the JVP through fused attention is reported as unsupported
-    and the ratios fall back to MeanFlow with math attention; one row in a fresh process
-    measures memory."""
-    import importlib
-    import bench
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--mode=losses", "--model=T/4", "--batch=2", "--iters=1", "--warmup=1",
-                    "--loss_settings=fp32", "--attn=fused,math", "--threads=1", "--isolate=False"])
-        out = capsys.readouterr().out.splitlines()
-        rows = [r for r in out if r.startswith("| T/4 | fused | fp32 |") or r.startswith("| T/4 | math | fp32 |")]
-        assert len(rows) == 4 + 2                                   # 4 loss rows, 2 sampling rows
-        assert any("meanflow" in r and "unsupported" in r for r in rows if "| fused |" in r)
-        assert any("meanflow" in r and "unsupported" not in r for r in rows if "| math |" in r)
-        ratios = [r for r in out if r.startswith("| T/4 | fp32 |")]
-        assert len(ratios) == 2 and all("| math | " in r and r.count("x |") >= 1 for r in ratios)
-        importlib.reload(bench)
-        bench.main(["--mode=losses", "--model=T/4", "--batch=1", "--iters=1", "--warmup=1", "--losses=soflow",
-                    "--loss_settings=fp32", "--attn=math", "--threads=1", "--isolate=True"])
-        row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| T/4 | math | fp32 | soflow"))
-        assert "GiB" in row
-    finally:
-        importlib.reload(bench)
-        torch.set_num_threads(threads)

@@ -429,23 +429,3 @@ def test_jvp_through_math_attention_matches_finite_differences():
         assert torch.allclose(tangent, fd, atol=1e-7, rtol=1e-6)
     finally:
         torch.set_default_dtype(torch.float32)
-
-
-def test_bench_networks_mode_runs(capsys):
-    """bench.py's networks mode on the tiny DiT, one iteration per row (a smoke test of the
-    script, not a measurement)."""
-    import importlib
-    import bench
-    threads = torch.get_num_threads()
-    try:
-        bench.main(["--mode=networks", "--model=T/4", "--batch=1", "--iters=1", "--warmup=1",
-                    "--settings=fp32,bf16", "--attn=fused,math", "--threads=1"])
-        rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| T/4")]
-        assert len(rows) == 4 and all("1.47M" in r for r in rows)
-        with pytest.raises(SystemExit, match="unknown setting"):
-            bench.main(["--no_such_thing=1"])
-        with pytest.raises(SystemExit, match="expected a int"):
-            bench.main(["--batch=two"])
-    finally:
-        importlib.reload(bench)
-        torch.set_num_threads(threads)

@@ -1,7 +1,12 @@
 """docs/walkthrough.md stays true as the code changes: every `module.name` it mentions
 (soflow.fm_loss, toy2d.GaussianMixture.solve, dit.DiT, ...) exists, every relative
 link and every .py file it names exists, it covers every public function of
-soflow.py, and it discusses every equation of the paper's method (Eq. 1-19)."""
+soflow.py, it discusses every equation of the paper's method (Eq. 1-19), the values
+of the guidance decay it quotes are soflow.guidance_decay's, and neither it nor the
+classroom's files cite documents that readers do not have.
+
+    python tests/test_walkthrough.py      # draws docs/guidance_decay.png again
+"""
 
 import importlib
 import inspect
@@ -9,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import soflow
 
@@ -73,6 +79,7 @@ def test_relative_links_and_named_files_exist():
     missing = [l for l in relative if not (DOC.parent / l).exists()]
     assert not missing, f"links to missing files (relative to docs/): {missing}"
     py_files = set(re.findall(r"(?<![\w.-])((?:[\w-]+/)*[\w-]+\.py)\b", doc))
+    py_files -= set(re.findall(r"the authors' ([\w-]+\.py)", doc))      # their release, not this repository
     assert {"soflow.py", "toy2d.py"} <= py_files
     missing = [f for f in sorted(py_files) if not (ROOT / f).is_file()]
     assert not missing, f"names missing files (relative to the repository): {missing}"
@@ -91,3 +98,51 @@ def test_every_equation_of_the_method_is_discussed():
     for a, b in re.findall(r"Eq\. (\d+)(?:-(\d+))?", text()):
         seen.update(range(int(a), int(b or a) + 1))
     assert set(range(1, 20)) <= seen, f"equations never mentioned: {sorted(set(range(1, 20)) - seen)}"
+
+
+def draw_guidance_decay(path):
+    """The walkthrough's figure: the released decay of the guidance strength against a
+    linear one, as the paper's wording suggests."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cfg = soflow.SoFlowConfig()
+    t = torch.linspace(0.7, 1.0, 601, dtype=torch.float64)
+    linear = ((1 - t) / (1 - cfg.guidance_t_max)).clamp(max=1)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(t, soflow.guidance_decay(cfg, t), label="released code (soflow.guidance_decay)")
+    ax.plot(t, linear, "--", label='"linearly decay ... where t > 0.8" (the paper)')
+    ax.set_xlabel("t (noise at t = 1)")
+    ax.set_ylabel("factor d(t) on w - 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def test_guidance_decay_numbers_and_figure(tmp_path):
+    """The values the walkthrough quotes ("d = 1 at t = 0.8, 0.62 at 0.805, ...") are
+    soflow.guidance_decay's at the default settings, and the figure can be drawn."""
+    number = r"\d+(?:\.\d+)?"
+    quoted = re.search(rf"d = {number} at t = {number}(?:, {number} at {number})+", " ".join(text().split())).group(0)
+    pairs = re.findall(rf"({number}) at (?:t = )?({number})", quoted)
+    assert len(pairs) >= 4, quoted
+    for value, t in pairs:
+        got = soflow.guidance_decay(soflow.SoFlowConfig(), torch.tensor([float(t)], dtype=torch.float64)).item()
+        assert round(got, len(value.split(".")[-1]) if "." in value else 0) == float(value), (t, got, value)
+    draw_guidance_decay(tmp_path / "decay.png")
+    assert (tmp_path / "decay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (DOC.parent / "guidance_decay.png").is_file()
+
+
+def test_no_references_readers_cannot_follow():
+    """Users have the paper and the authors' release, not the project's internal notes."""
+    files = [DOC, *sorted((ROOT / "assignments").rglob("*.py")), *sorted((ROOT / "assignments").rglob("*.md"))]
+    for path in files:
+        found = re.findall(r"\b(?:SPEC|COMMON)\b(?: section \d+)?", path.read_text())
+        assert not found, f"{path.relative_to(ROOT)} cites {found}"
+
+
+if __name__ == "__main__":
+    draw_guidance_decay(DOC.parent / "guidance_decay.png")
+    print(f"wrote {DOC.parent / 'guidance_decay.png'}")

@@ -8,7 +8,8 @@ The loss's value is checked against Eq. 14 and Eq. 15 written out sample by samp
 here; its gradient against soflow.scm_loss (the released code's stable form,
 whose gradient is half of Eq. 14's); the shared dropout mask with a dropout
 network; and the whole loss by a short training run on a Gaussian, whose exact
-solution map is known in closed form.
+solution map is known in closed form. The functions marked @in_submission run in the
+submission's process and only return values; the tests check them here (runner.py).
 """
 
 import math
@@ -18,13 +19,16 @@ import torch
 import torch.nn as nn
 
 import soflow
-import toy2d
+import toynet
+from checks import close, grads_close
+from runner import in_submission
 
+FUNCTIONS = ("consistency_loss", "consistency_loss_stable")
 COMBOS = [("linear", "euler"), ("trig", "trig"), ("linear", "trig")]
 
 
 class SmoothNet(nn.Module):
-    """A small random network F(x, t, s, y) on 2-D points."""
+    """A small random network F(x, t, s, y) on 2-D points (the same seed, the same network)."""
 
     def __init__(self, num_classes=3, width=32, dropout=0.0, seed=0):
         super().__init__()
@@ -57,41 +61,58 @@ def config(schedule="linear", param="euler", p=1.0, **kw):
                                r_init=0.5, r_end=0.05, total_steps=30, **kw)
 
 
+def setting(schedule, param, p, seed):
+    """The config, the network and the batch of one check, the same in both processes."""
+    cfg = config(schedule, param, p)
+    return cfg, SmoothNet(seed=seed).double(), batch(cfg, seed=seed)
+
+
 def grads(loss, net):
-    return torch.autograd.grad(loss, list(net.parameters()))
-
-
-def assert_grads_close(got, ref, what):
-    for a, b in zip(got, ref):
-        if not torch.allclose(a, b, rtol=1e-7, atol=1e-10):
-            raise AssertionError(f"{what}: gradients differ (max abs difference {(a - b).abs().max():.3g})")
+    return list(torch.autograd.grad(loss, list(net.parameters())))
 
 # ------------------------------------------------------------------ Eq. 14 with Eq. 15
+
+@in_submission
+def loss_value(sub, schedule, param, p):
+    cfg, net, b = setting(schedule, param, p, seed=1)
+    loss, mse = sub.consistency_loss(net, cfg, *b)
+    return loss.detach(), loss.ndim, mse, mse.requires_grad
+
 
 @pytest.mark.points(3)
 @pytest.mark.parametrize("schedule,param", COMBOS)
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_loss_value_is_eq14_with_eq15(sub, schedule, param, p):
-    cfg = config(schedule, param, p)
-    net = SmoothNet(seed=1).double()
-    x_t, t, l, s, y, v = batch(cfg, seed=1)
-    loss, mse = sub.consistency_loss(net, cfg, x_t, t, l, s, y, v)
+    loss, ndim, mse, mse_grad = sub.run(loss_value, schedule, param, p)
+    cfg, net, (x_t, t, l, s, y, v) = setting(schedule, param, p, seed=1)
     expected, expected_mse = 0.0, []
-    for i in range(len(t)):                                   # one sample at a time, straight from the paper
-        ti, li, si = t[i:i + 1], l[i:i + 1], s[i:i + 1]
-        a, b = soflow.coefficients(param, ti, si)
-        f_t = a * x_t[i] + b * net(x_t[i:i + 1], ti, si, y[i:i + 1])[0]
-        x_l = x_t[i] + v[i] * (li - ti)
-        a, b_l = soflow.coefficients(param, li, si)
-        f_l = a * x_l + b_l * net(x_l[None], li, si, y[i:i + 1])[0]
-        e = ((f_t - f_l) ** 2).mean().item()
-        w = 1 / ((ti - li) * abs(b)) / (e / (ti - li) ** 2 + cfg.eps) ** p
-        expected += w.item() * e / len(t)
-        expected_mse.append(e)
-    assert loss.ndim == 0, "the loss must be a scalar"
-    assert mse.shape == t.shape and not mse.requires_grad, "mse: per-sample values (B,), detached"
-    torch.testing.assert_close(mse, torch.tensor(expected_mse, dtype=torch.float64), rtol=1e-9, atol=1e-14)
-    torch.testing.assert_close(loss.detach(), torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-14)
+    with torch.no_grad():
+        for i in range(len(t)):                               # one sample at a time, straight from the paper
+            ti, li, si = t[i:i + 1], l[i:i + 1], s[i:i + 1]
+            a, b = soflow.coefficients(param, ti, si)
+            f_t = a * x_t[i] + b * net(x_t[i:i + 1], ti, si, y[i:i + 1])[0]
+            x_l = x_t[i] + v[i] * (li - ti)
+            a, b_l = soflow.coefficients(param, li, si)
+            f_l = a * x_l + b_l * net(x_l[None], li, si, y[i:i + 1])[0]
+            e = ((f_t - f_l) ** 2).mean().item()
+            w = 1 / ((ti - li) * abs(b)) / (e / (ti - li) ** 2 + cfg.eps) ** p
+            expected += w.item() * e / len(t)
+            expected_mse.append(e)
+    assert ndim == 0, f"the loss must be a scalar, it has {ndim} dimensions"
+    assert not mse_grad, "mse must be detached"
+    close(mse, expected_mse, "the per-sample MSE between f(x_t, t, s) and f(x_l, l, s)", 1e-14, 1e-9)
+    close(loss, expected, "the loss (Eq. 14 weighted by Eq. 15)", 1e-14, 1e-9)
+
+
+@in_submission
+def loss_gradient(sub, schedule, param, p):
+    cfg, net, b = setting(schedule, param, p, seed=2)
+    return grads(sub.consistency_loss(net, cfg, *b)[0], net)
+
+
+def soflow_gradient(schedule, param, p, seed):
+    cfg, net, b = setting(schedule, param, p, seed)
+    return grads(soflow.scm_loss(net, cfg, *b)[0], net)
 
 
 @pytest.mark.points(2)
@@ -99,12 +120,9 @@ def test_loss_value_is_eq14_with_eq15(sub, schedule, param, p):
 def test_target_is_a_stop_gradient(sub, schedule, param):
     """With p = 0 the weight is a plain number, so only the target's stop-gradient
     decides the gradient: it must be twice soflow.scm_loss's."""
-    cfg = config(schedule, param, p=0.0)
-    net = SmoothNet(seed=2).double()
-    x_t, t, l, s, y, v = batch(cfg, seed=2)
-    ref = grads(soflow.scm_loss(net, cfg, x_t, t, l, s, y, v)[0], net)
-    got = grads(sub.consistency_loss(net, cfg, x_t, t, l, s, y, v)[0], net)
-    assert_grads_close(got, [2 * r for r in ref], "with p = 0, against 2 x soflow.scm_loss")
+    got = sub.run(loss_gradient, schedule, param, 0.0)
+    ref = soflow_gradient(schedule, param, 0.0, seed=2)
+    grads_close(got, [2 * r for r in ref], "the gradient with p = 0, against 2 x soflow.scm_loss's")
 
 
 @pytest.mark.points(2)
@@ -112,43 +130,53 @@ def test_target_is_a_stop_gradient(sub, schedule, param):
 @pytest.mark.parametrize("p", [0.5, 1.0])
 def test_gradient_matches_soflow(sub, schedule, param, p):
     """With p > 0 the adaptive weight must be a constant too: gradient = w * grad(MSE)."""
-    cfg = config(schedule, param, p=p)
-    net = SmoothNet(seed=3).double()
-    x_t, t, l, s, y, v = batch(cfg, seed=3)
-    ref = grads(soflow.scm_loss(net, cfg, x_t, t, l, s, y, v)[0], net)
-    got = grads(sub.consistency_loss(net, cfg, x_t, t, l, s, y, v)[0], net)
-    assert_grads_close(got, [2 * r for r in ref], f"with p = {p}, against 2 x soflow.scm_loss")
+    got = sub.run(loss_gradient, schedule, param, p)
+    ref = soflow_gradient(schedule, param, p, seed=2)
+    grads_close(got, [2 * r for r in ref], f"the gradient with p = {p}, against 2 x soflow.scm_loss's")
 
 
-@pytest.mark.points(1)
-def test_both_passes_see_the_same_dropout_mask(sub):
+@in_submission
+def dropout_masks(sub):
     cfg = config()
     net = SmoothNet(dropout=0.5, seed=4).double()
     masks = []
     net.drop.register_forward_hook(lambda m, inp, out: masks.append((out == 0) & (inp[0] != 0)))
-    x_t, t, l, s, y, v = batch(cfg, n=64, seed=4)
-    sub.consistency_loss(net, cfg, x_t, t, l, s, y, v)
-    assert len(masks) == 2, f"expected two network passes, got {len(masks)}"
+    b = batch(cfg, n=64, seed=4)
+    sub.consistency_loss(net, cfg, *b)
+    passes = len(masks)
+    sub.consistency_loss(net, cfg, *b)
+    return passes, masks
+
+
+@pytest.mark.points(1)
+def test_both_passes_see_the_same_dropout_mask(sub):
+    passes, masks = sub.run(dropout_masks)
+    assert passes == 2, f"expected two network passes, got {passes}"
     assert masks[0].any(), "dropout should be active (the network is in training mode)"
-    assert torch.equal(masks[0], masks[1]), "the two passes drew different dropout masks"
-    sub.consistency_loss(net, cfg, x_t, t, l, s, y, v)
+    assert torch.equal(masks[0], masks[1]), (
+        f"the two passes drew different dropout masks ({int((masks[0] != masks[1]).sum())} of "
+        f"{masks[0].numel()} units differ): restore the random state between them")
     assert not torch.equal(masks[0], masks[2]), "the random state must move on between calls"
 
 # ------------------------------------------------------------------ the stable form
+
+@in_submission
+def stable_form(sub, schedule, param, p):
+    cfg, net, b = setting(schedule, param, p, seed=6)
+    loss = sub.consistency_loss_stable(net, cfg, *b)
+    return loss.detach(), loss.ndim, grads(loss, net)
+
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("schedule,param", COMBOS)
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_stable_form_value_and_gradient(sub, schedule, param, p):
-    cfg = config(schedule, param, p=p)
-    net = SmoothNet(seed=6).double()
-    x_t, t, l, s, y, v = batch(cfg, seed=6)
+    loss, ndim, got = sub.run(stable_form, schedule, param, p)
+    cfg, net, (x_t, t, l, s, y, v) = setting(schedule, param, p, seed=6)
     ref_loss = soflow.scm_loss(net, cfg, x_t, t, l, s, y, v)[0]
-    loss = sub.consistency_loss_stable(net, cfg, x_t, t, l, s, y, v)
-    assert loss.ndim == 0, "the loss must be a scalar"
-    torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-9, atol=1e-14)
-    got = grads(loss, net)
-    assert_grads_close(got, grads(ref_loss, net), "stable form against soflow.scm_loss")
+    assert ndim == 0, f"the loss must be a scalar, it has {ndim} dimensions"
+    close(loss, ref_loss.detach(), "the stable form's value, against soflow.scm_loss", 1e-14, 1e-9)
+    grads_close(got, grads(ref_loss, net), "the stable form's gradient, against soflow.scm_loss's")
     # half the gradient of the direct form (Eq. 14 with Eq. 15), whatever the submission's direct form does
     f_t = soflow.solution(net, cfg, x_t, t, s, y)
     with torch.no_grad():
@@ -156,7 +184,7 @@ def test_stable_form_value_and_gradient(sub, schedule, param, p):
     e = ((f_t - f_l) ** 2).mean(1)
     _, b = soflow.coefficients(param, t, s)
     direct = (e / ((t - l) * b.abs()) / (e.detach() / (t - l) ** 2 + cfg.eps) ** p).mean()
-    assert_grads_close([2 * g for g in got], grads(direct, net), "2 x stable form against Eq. 14")
+    grads_close([2 * g for g in got], grads(direct, net), "2 x the stable form's gradient, against Eq. 14's")
 
 # ------------------------------------------------------------------ behaviour: a training run
 
@@ -171,48 +199,62 @@ def exact_map(x, t, s):
     return (1 - s)[:, None] * MU + sd(s) / sd(t) * (x - (1 - t)[:, None] * MU)
 
 
-def train(loss_fn, steps=400, seed=0, batch_size=256):
-    """The MLP of toy2d.py trained with L = lambda L_FM + (1 - lambda) L_SCM, where
-    L_FM is soflow.fm_loss and L_SCM is loss_fn. Returns the RMSE of f(x_t, t, s)
-    against the exact map over t ~ U(0.1, 1), s ~ U(0, t), x_t ~ p_t, and the RMSE
-    of the one-step samples f(x1, 1, 0)."""
+STEPS = 400
+CFG = toynet.config(STEPS, mu_t=1.0, mu_s=-1.0, r_init=0.5, r_end=0.05)   # t near 1, s near 0, large gaps early
+
+
+def network():
+    return toynet.MLP(width=64, depth=3)
+
+
+@in_submission
+def trained_network(sub, steps=STEPS, seed=0, batch_size=256):
+    """The MLP trained with L = lambda L_FM + (1 - lambda) L_SCM, where L_FM is soflow.fm_loss
+    and L_SCM the submission's consistency_loss; returns its weights."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    # times concentrated near t = 1 and s = 0, large l-gaps early: the exact map spreads in few steps
-    cfg = toy2d.toy_defaults(steps).replace(mu_t=1.0, mu_s=-1.0, r_init=0.5, r_end=0.05)
-    net = toy2d.MLP(width=64, depth=3)
+    net = network()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    n = soflow.fm_count(cfg, batch_size)
+    n = soflow.fm_count(CFG, batch_size)
     for step in range(steps):
         x0 = MU + STD * torch.randn(batch_size, 2, generator=g)
         x1 = torch.randn(batch_size, 2, generator=g)
-        t_fm = soflow.fm_times(cfg, n, generator=g)
-        t, l, s = soflow.scm_times(cfg, batch_size - n, step, generator=g)
-        x_t, v = soflow.interpolate(cfg, x0, x1, torch.cat([t_fm, t]))
-        loss_fm = soflow.fm_loss(net, cfg, x_t[:n], t_fm, None, v[:n])[0]
-        loss_sc = loss_fn(net, cfg, x_t[n:], t, l, s, None, v[n:])
-        loss = cfg.fm_ratio * loss_fm + (1 - cfg.fm_ratio) * loss_sc
+        t_fm = soflow.fm_times(CFG, n, generator=g)
+        t, l, s = soflow.scm_times(CFG, batch_size - n, step, generator=g)
+        x_t, v = soflow.interpolate(CFG, x0, x1, torch.cat([t_fm, t]))
+        loss_fm = soflow.fm_loss(net, CFG, x_t[:n], t_fm, None, v[:n])[0]
+        loss_sc = sub.consistency_loss(net, CFG, x_t[n:], t, l, s, None, v[n:])[0]
+        loss = CFG.fm_ratio * loss_fm + (1 - CFG.fm_ratio) * loss_sc
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+    return dict(net.state_dict())
+
+
+def errors(state):
+    """RMSE of the network's f(x_t, t, s) against the exact map over t ~ U(0.1, 1),
+    s ~ U(0, t), x_t ~ p_t, and of its one-step samples f(x1, 1, 0)."""
+    net = network()
+    net.load_state_dict(state)
     g = torch.Generator().manual_seed(123)
     t = 0.1 + 0.9 * torch.rand(2000, generator=g)
     s = t * torch.rand(2000, generator=g)
     x = exact_map(torch.randn(2000, 2, generator=g), torch.ones(2000), t)       # x_t ~ p_t
     rmse = lambda a, b: (a - b).norm(dim=1).square().mean().sqrt().item()
     with torch.no_grad():
-        err = rmse(soflow.solution(net, cfg, x, t, s), exact_map(x, t, s))
+        err = rmse(soflow.solution(net, CFG, x, t, s), exact_map(x, t, s))
         x1 = torch.randn(2000, 2, generator=g)
-        err_1nfe = rmse(soflow.sample(net, cfg, x1), exact_map(x1, torch.ones(2000), torch.zeros(2000)))
+        err_1nfe = rmse(soflow.sample(net, CFG, x1), exact_map(x1, torch.ones(2000), torch.zeros(2000)))
     return err, err_1nfe
 
 
 @pytest.mark.points(2)
 def test_training_learns_the_exact_solution_map(sub, prerequisites):
+    """400 steps with the submission's loss; the trained network is evaluated here."""
     prerequisites("test_loss_value_is_eq14_with_eq15", "test_target_is_a_stop_gradient")
-    err, err_1nfe = train(lambda *a: sub.consistency_loss(*a)[0])
+    err, err_1nfe = errors(sub.run(trained_network))
     # reference: about 0.06 (one-step samples about 0.3); flow matching alone: about 0.37
     assert math.isfinite(err) and err < 0.1, (
         f"after 400 steps f(x_t, t, s) is {err:.3f} (RMSE) from the exact map (one-step samples: "

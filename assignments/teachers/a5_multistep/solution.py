@@ -2,21 +2,24 @@
 Assignment 5, reference solution: multi-step sampling with a solution function,
 deterministic (chaining f) against re-noising (jump to data, re-noise, repeat).
 
-    python assignments/a5_multistep/solution.py --steps 2000     # writes out/a5_multistep/
+    python assignments/teachers/a5_multistep/solution.py --steps 2000 --out out/a5_multistep
 """
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)     # run as a script, it finds soflow.py and toy2d.py all the same
+for _root in Path(__file__).resolve().parents:    # run as a script, it finds soflow.py, toy2d.py and
+    if (_root / "soflow.py").is_file():             # the classroom's toynet.py all the same
+        sys.path[:0] = [str(_root), str(_root / "assignments")]
+        break
 import soflow  # noqa: E402
 import toy2d   # noqa: E402
+import toynet  # noqa: E402
 
 # ---------------------------------------------------------------- the student's part
 
@@ -95,15 +98,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2000, help="training steps of the toy model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--points", type=int, default=2000)
-    p.add_argument("--out", default="out/a5_multistep")
+    p.add_argument("--out", default="out/a5_multistep", help="the folder for multistep.md")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
-    args = toy2d.parse_args(["--steps", str(a.steps), "--seed", str(a.seed), "--out", a.out])
-    cfg = toy2d.make_config(args)
+    cfg = toynet.config(a.steps)
     mixture = toy2d.default_mixture()
-    rng = np.random.default_rng(a.seed)
-    net, _ = toy2d.train(args, cfg, mixture, rng)
+    net = toynet.train(cfg, mixture, a.steps, a.seed)
+    rng = np.random.default_rng(a.seed + 1)                 # the evaluation's own draws
     x1 = torch.from_numpy(rng.standard_normal((a.points, 2)).astype(np.float32))
     exact = mixture.solve(x1.numpy(), 1.0, 0.0, cfg.schedule)
     data = toy2d.sample_data("gmm", a.points, rng, mixture)

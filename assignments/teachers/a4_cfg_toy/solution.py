@@ -3,22 +3,25 @@ Assignment 4, reference solution: classifier-free guidance at training time
 (Eq. 17-19) on a labelled 2-D Gaussian mixture, whose guided velocity field is
 known in closed form.
 
-    python assignments/a4_cfg_toy/solution.py --steps 2000     # writes out/a4_cfg/
+    python assignments/teachers/a4_cfg_toy/solution.py --steps 2000 --out out/a4_cfg
 """
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)     # run as a script, it finds soflow.py and toy2d.py all the same
+for _root in Path(__file__).resolve().parents:    # run as a script, it finds soflow.py, toy2d.py and
+    if (_root / "soflow.py").is_file():             # the classroom's toynet.py all the same
+        sys.path[:0] = [str(_root), str(_root / "assignments")]
+        break
 import soflow  # noqa: E402
 import toy2d   # noqa: E402
+import toynet  # noqa: E402
 
 
 def labelled_mixture(num_classes=4, radius=1.0, std=0.5):
@@ -100,8 +103,8 @@ def solve_guided(mixture, x1, y, cfg):
 
 
 def config(w, m, steps, num_classes=4):
-    """The toy's settings (toy2d.toy_defaults) with labels and guidance."""
-    return toy2d.toy_defaults(steps).replace(num_classes=num_classes, label_drop=0.1, guidance_scale=w, guidance_mix=m)
+    """The classroom's toy settings (toynet.config) with labels and guidance."""
+    return toynet.config(steps, num_classes=num_classes, label_drop=0.1, guidance_scale=w, guidance_mix=m)
 
 
 def loss_step(net, cfg, x0, y, step, generator=None):
@@ -121,12 +124,12 @@ def loss_step(net, cfg, x0, y, step, generator=None):
 
 
 def train_conditional(mixture, w, m, steps=2000, seed=0, width=128, batch=512):
-    """A conditional toy2d.MLP trained with guidance strength w and mix ratio m."""
+    """A conditional toynet.MLP trained with guidance strength w and mix ratio m."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = config(w, m, steps, len(mixture.weights))
-    net = toy2d.MLP(width=width, depth=3, num_classes=len(mixture.weights))
+    net = toynet.MLP(width=width, depth=3, num_classes=len(mixture.weights))
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for step in range(steps):
@@ -147,7 +150,8 @@ def one_step(net, cfg, x1, y):
 
 def experiment(out="out/a4_cfg", ws=(1.0, 2.0, 3.0), ms=(1.0, 0.25), steps=2000, seed=0, n=1000):
     """Train one model per (w, m), sample each class in one step, compare with the exact
-    guided samples; write out/cfg.md (the table) and out/cfg.png (the samples)."""
+    guided samples; write the table to <out>/cfg.md and the samples to <out>/cfg.png
+    (out: the folder given)."""
     os.makedirs(out, exist_ok=True)
     mixture = labelled_mixture()
     rng = np.random.default_rng(seed + 1)
@@ -196,7 +200,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Classifier-free guidance at training time on a labelled 2-D toy")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/a4_cfg")
+    p.add_argument("--out", default="out/a4_cfg", help="the folder for cfg.md and cfg.png")
     a = p.parse_args()
     torch.set_num_threads(1)
     experiment(a.out, steps=a.steps, seed=a.seed)
