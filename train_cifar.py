@@ -96,8 +96,7 @@ PRESETS["digits"] = dict(LAPTOP, dataset="digits", out_dir="out/digits", steps=1
 PRESETS["mnist"] = dict(LAPTOP, dataset="mnist", out_dir="out/mnist", steps=10_000, batch_size=128, lr=1e-3,
                         ema_decay=0.999, ckpt_every=1000, sample_every=2000, model_channels=32,
                         channel_mult=(1, 2, 2), attn_resolutions=(7,), noise_channels=32)
-# resolution, channels, classes, largest pixel value (x / (max / 2) - 1 is in [-1, 1]); for torchvision's
-# data, its name, the folder of its files under data_dir and how to get them by hand
+# resolution, channels, classes, largest pixel value[, torchvision's name, its folder in data_dir, how to get it]
 DATASETS = {"digits": (8, 1, 10, 16),
             "mnist": (28, 1, 10, 255, "MNIST", os.path.join("MNIST", "raw"),
                       "gunzip the four files of https://ossci-datasets.s3.amazonaws.com/mnist/ into {folder}/"),
@@ -173,10 +172,10 @@ def warp(x, flip, scale, aniso, angle, tx, ty):
     c, s = angle.cos(), angle.sin()
     # output pixel p reads the input at S^-1 A^-1 (p - t), A^-1 = R(-angle) diag(1/aniso, aniso) R(angle)
     a11, a12, a22 = c * c / aniso + s * s * aniso, c * s * (aniso - 1 / aniso), s * s / aniso + c * c * aniso
-    M = torch.stack([torch.stack([a11, a12], 1), torch.stack([a12, a22], 1)], 1) / scale[:, None, None]
-    D = torch.tensor([2 / W, 2 / H], device=x.device, dtype=M.dtype)     # pixels -> grid_sample's [-1, 1]
-    t = torch.stack([tx, ty], 1)
-    theta = torch.cat([D[None, :, None] * M / D[None, None, :], -(D[None, :, None] * (M @ t[:, :, None]))], 2)
+    # in grid_sample's [-1, 1] coordinates, u = D p with D = diag(2 / W, 2 / H): D M D^-1 and D t
+    M = torch.stack([torch.stack([a11, a12 * H / W], 1), torch.stack([a12 * W / H, a22], 1)], 1) / scale[:, None, None]
+    t = torch.stack([tx * 2 / W, ty * 2 / H], 1)
+    theta = torch.cat([M, -(M @ t[:, :, None])], 2)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     moved = (scale != 1) | (aniso != 1) | (tx != 0) | (ty != 0)
@@ -215,9 +214,8 @@ def judge(net, cfg, images, labels, per_class=200, seed=0):
 
 
 def compare(net, cfg, out_dir, noise, y, images, labels):
-    """--compare=True: this run (guided) came after the same run without guidance (guidance_scale = guidance_mix
-    = 1) in out_dir/no_guidance. compare.png, a row per class: this run's 1-NFE samples, a gap, that run's from
-    the same noise; both runs' judge() figures, printed."""
+    """--compare=True: this run (guided) follows the same run unguided in out_dir/no_guidance. compare.png, a row
+    per class: this run's 1-NFE samples, a gap, that run's from the same noise; both runs' judge() figures, printed."""
     other, other_cfg = checkpoints.load_model(os.path.join(out_dir, "no_guidance", "ckpt.pt"))[:2]
     runs = (("guidance", net, cfg), ("no guidance", other.to(noise.device), other_cfg))
     a, b = (soflow.sample(m, c, noise.to(next(m.parameters()).dtype), y).float() for _, m, c in runs)
@@ -240,8 +238,8 @@ def main(argv=None):
     cfg = trainer.method_config(C, K)
     labelled = cfg.num_classes is not None
     if C.compare and not cfg.guided:
-        raise SystemExit(f"error: --compare=True compares guidance with none, but --method={C.method} (with the "
-                         f"given fields) trains without guidance: use a class-conditional method, --guidance_scale > 1")
+        raise SystemExit(f"error: --compare=True compares a guided run with the same run unguided, but --method="
+                         f"{C.method} trains without guidance: use --method=imagenet with --guidance_scale > 1")
     if C.xflip and C.dataset != "cifar10":
         raise SystemExit(f"error: --xflip={C.xflip}: a mirrored digit is not a digit; use --xflip=0 on {C.dataset}")
     net_args = dict(img_resolution=R, in_channels=channels, num_classes=K if labelled else 0, **C.net_args)
@@ -259,10 +257,9 @@ def main(argv=None):
               "--guidance_scale=1", "--guidance_mix=1", "--compare=False"])
 
     rank, world, device = trainer.setup(C.device)
-    images, labels = load_data(C.dataset, C.data_dir, C.download, rank)
+    images, labels = (u.to(device) for u in load_data(C.dataset, C.data_dir, C.download, rank))
     if len(images) < C.batch_size:
         raise SystemExit(f"error: {C.dataset} holds {len(images)} images, fewer than --batch_size={C.batch_size}")
-    images, labels = images.to(device), labels.to(device)
     torch.manual_seed(C.seed)                                 # the same initial weights in every process
     net = unet.UNet(**net_args).to(device)
     ema = trainer.EMA(net, C.ema_decay, C.ema_every, C.ema_dtype)
@@ -280,11 +277,10 @@ def main(argv=None):
                        generator=torch.Generator().manual_seed(C.seed)).to(device)
 
     compiled = C.compile == "on" or (C.compile == "auto" and device.type == "cuda")
-    if compiled and net.config["dropout"] > 0:
-        # the consistency loss replays its gradient pass's dropout masks in the gradient-free
-        # target pass (soflow.scm_loss): compiled graphs must draw exactly what eager draws
-        torch._inductor.config.fallback_random = True
-    model = trainer.Objective(torch.compile(net) if compiled else net, cfg,
+    # the consistency loss replays its gradient pass's dropout masks in the gradient-free target pass
+    # (soflow.scm_loss): compiled graphs must draw exactly what eager draws
+    torch._inductor.config.fallback_random |= compiled and net.config["dropout"] > 0
+    model = trainer.Objective(trainer.compile_network(net) if compiled else net, cfg,
                               functools.partial(inputs, vmax=vmax, p=C.augment_p, xflip=C.xflip,
                                                 augment_labels=bool(net.augment_dim), labelled=labelled))
     if world > 1:
@@ -301,8 +297,12 @@ def main(argv=None):
               f"{micro} x {accum} accumulation x {world} processes | {device}{', compiled' if compiled else ''}", flush=True)
     bar = tqdm(total=end, initial=step, disable=rank != 0 or not C.progress, dynamic_ncols=True)
 
+    per_epoch, order = len(images) // C.batch_size, None
     while step < end:                                         # the loop: one optimizer step each
-        idx = torch.from_numpy(trainer.step_indices(len(images), C.batch_size, C.seed, step)).to(device)
+        if order is None or step % per_epoch == 0:            # an epoch's batches (one batch of trainer.step_indices)
+            order = torch.from_numpy(trainer.step_indices(len(images), per_epoch * C.batch_size, C.seed,
+                                                          step // per_epoch)).to(device)   # one copy an epoch
+        idx = order[step % per_epoch * C.batch_size:][:C.batch_size]
         batch = [(images[idx[sl]], labels[idx[sl]]) for _, sl in trainer.micro_slices(C.batch_size, micro, rank, world)]
         logs = trainer.train_step(model, opt, ema, net, batch, step, C, rank, world, device, autocast)
         step += 1
