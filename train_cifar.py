@@ -87,9 +87,10 @@ PRESETS = {name: dict(method=name, steps=800_000, batch_size=1024, optimizer="ra
 # Beyond the paper, unmeasured: labels, the CIFAR-10 time settings, ImageNet's label dropout and w = 3, m = 0.25
 PIXELS = {k: v for k, v in soflow.PRESETS["cifar10"].to_dict().items() if k not in (*soflow.UNCONDITIONAL, "total_steps")}
 PRESETS["cifar10_guided"] = dict(PRESETS["cifar10"], method="imagenet", **PIXELS)
-# A laptop's CPU, by measurement (BENCHMARKS.md); no augmentation (no flips: a mirrored digit is not a digit)
+# A laptop's CPU, by measurement on digits (BENCHMARKS.md); no augmentation (a mirrored digit is not a digit)
 LAPTOP = dict(PIXELS, method="imagenet", optimizer="adam", beta2=0.99, ema_every=1, ema_dtype="float32", augment_p=0.0,
-              xflip=0.0, log_every=100, num_samples=100, guidance_scale=2.0, dropout=0.0, augment_dim=0, num_blocks=1)
+              xflip=0.0, num_samples=100, dropout=0.0, augment_dim=0, num_blocks=1, guidance_scale=2.0, guidance_mix=1.0,
+              guidance_t_max=0.15)       # guidance at every t, or a mix m < 1, cost Frechet distance on digits
 PRESETS["digits"] = dict(LAPTOP, dataset="digits", out_dir="out/digits", steps=1000, batch_size=64, lr=1e-3,
                          ema_decay=0.99, ckpt_every=500, sample_every=500, compare=True, model_channels=16,
                          channel_mult=(1, 2), attn_resolutions=(), noise_channels=16)
@@ -247,8 +248,7 @@ def main(argv=None):
         with torch.device("meta"):
             probe = unet.UNet(**net_args)
         if C.augment_p > 0 and probe.augment_dim != 6:
-            raise ValueError(f"--augment_p > 0 needs the 6-dim augmentation label (--augment_dim=6), else the "
-                             f"network learns to make scaled and shifted images")
+            raise ValueError("--augment_p > 0 needs the 6-dim augmentation label (--augment_dim=6): else it learns shifts")
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: the network: {e}") from None
     run = trainer.Run(C, rank, world)

@@ -156,7 +156,7 @@ def test_digits_preset_compares_guidance_with_none(tmp_path, capsys):
     assert train_cifar.main([*DIGITS[:2], f"--out_dir={out}", "--steps=3", "--model_channels=8", "--log_every=1",
                              "--num_samples=20"]) == 3
     text = capsys.readouterr().out
-    assert re.search(r"(?s)guidance \(w = 2, m = 0\.25\), 1 NFE: class accuracy [01]\.\d+, Frechet distance .*"
+    assert re.search(r"(?s)guidance \(w = 2, m = 1\), 1 NFE: class accuracy [01]\.\d+, Frechet distance .*"
                      r"no guidance \(w = 1, m = 1\), 1 NFE: class accuracy", text), text
     guided, plain = load(out / "ckpt.pt"), load(out / "no_guidance" / "ckpt.pt")
     assert guided["config"]["soflow"]["guidance_scale"] == 2.0 and plain["config"]["soflow"]["guidance_scale"] == 1.0
