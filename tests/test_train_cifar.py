@@ -105,7 +105,7 @@ def test_digits_learn_classes_that_a_broken_consistency_loss_cannot(tmp_path, mo
         assert cfg.guided and data["num_classes"] == 10
         figures[broken] = train_cifar.judge(net, cfg, x, labels, per_class=50)
     (good_acc, good_fd), (bad_acc, bad_fd) = figures[False], figures[True]
-    assert good_acc >= 0.45 and bad_acc <= 0.25, figures             # measured: 0.68 and 0.10 (chance)
+    assert good_acc >= 0.45 and bad_acc <= 0.25, figures             # measured: 0.62 and 0.09 (chance)
     assert good_fd < bad_fd / 2, figures
 
 
