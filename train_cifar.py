@@ -169,8 +169,7 @@ def warp(x, flip, scale, aniso, angle, tx, ty):
     scales by `scale`, A stretches by `aniso` along (cos angle, -sin angle) and by 1 / aniso
     across it, T moves the content by (tx, ty). Untransformed images come back untouched."""
     x = torch.where(flip[:, None, None, None] > 0, x.flip(3), x)
-    N, _, H, W = x.shape
-    c, s = angle.cos(), angle.sin()
+    (H, W), c, s = x.shape[2:], angle.cos(), angle.sin()
     # output pixel p reads the input at S^-1 A^-1 (p - t), A^-1 = R(-angle) diag(1/aniso, aniso) R(angle)
     a11, a12, a22 = c * c / aniso + s * s * aniso, c * s * (aniso - 1 / aniso), s * s / aniso + c * c * aniso
     # in grid_sample's [-1, 1] coordinates, u = D p with D = diag(2 / W, 2 / H): D M D^-1 and D t
@@ -251,10 +250,11 @@ def main(argv=None):
             raise ValueError("--augment_p > 0 needs the 6-dim augmentation label (--augment_dim=6): else it learns shifts")
     except (ValueError, TypeError) as e:
         raise SystemExit(f"error: the network: {e}") from None
-    run = trainer.Run(C, rank, world)
-    if C.compare:                                 # the same run without guidance first
+    run = trainer.Run(C, rank, world)             # checks out_dir before any compute
+    if C.compare:                                 # the same run without guidance first, then this run's clock
         main([*(sys.argv[1:] if argv is None else argv), f"--out_dir={os.path.join(C.out_dir, 'no_guidance')}",
               "--guidance_scale=1", "--guidance_mix=1", "--compare=False"])
+        run = trainer.Run(C, rank, world)
 
     rank, world, device = trainer.setup(C.device)
     images, labels = (u.to(device) for u in load_data(C.dataset, C.data_dir, C.download, rank))
