@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoints
+import settings
 import soflow
 import trainer
 import unet
@@ -159,10 +160,10 @@ def inputs(images, p, xflip, labels):
 
 
 def main(argv=None):
-    C = trainer.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, fixed=("img_resolution", "in_channels"))
+    C = settings.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, fixed=("img_resolution", "in_channels"))
     rank, world, _ = trainer.world()
-    micro, accum = trainer.accumulation(C, world)          # every setting is checked before any compute
-    cfg = trainer.method_config(C)
+    micro, accum = settings.accumulation(C, world)          # every setting is checked before any compute
+    cfg = settings.method_config(C)
     if cfg.num_classes is not None:
         raise SystemExit(f"error: --method={C.method} is class-conditional; CIFAR-10 is trained unconditionally")
     try:
