@@ -333,7 +333,9 @@ def init_weights(net, ema, source):
         checkpoints.load_state(net, checkpoints.weights_of(ck, path, "model"), f"--init_from={source} ['model']")
         checkpoints.load_state(ema.net, checkpoints.weights_of(ck, path, "ema"), f"--init_from={source} ['ema']")
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        hint = ("; a model trained without label dropout has no null-label row: add --null_label False"
+                if "embedding_table" in str(e) and getattr(net, "null_label", False) else "")
+        raise SystemExit(f"error: {e}{hint}") from None
     if world()[0] == 0:
         print(f"fine-tuning from {path}: its network and EMA weights, a new optimizer, step 0", flush=True)
 
