@@ -182,6 +182,13 @@ RESUMABLE = {"out_dir", "data", "data_dir", "download", "micro_batch", "compile"
              "progress", "preset", "num_workers"}
 
 
+def _write_rows(f, rows, header):
+    w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+
+
 def _flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -239,12 +246,7 @@ class Run:
         if os.path.isfile(self.log_path):
             with open(self.log_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-
-            def write(f):
-                w = csv.DictWriter(f, LOG_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
-            checkpoints.atomic_write(self.log_path, write, text=True)
+            checkpoints.atomic_write(self.log_path, lambda f: _write_rows(f, rows, header=True), text=True)
 
     def add(self, logs, step):
         """Accumulate a step's figures on the device (no host sync)."""
@@ -284,10 +286,7 @@ class Run:
         if self.rank == 0:                                # append-only: a kill loses at most this row
             new = not os.path.isfile(self.log_path)
             with open(self.log_path, "a", newline="") as f:
-                w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+                _write_rows(f, [row], header=new)
         self.sums, self.count, self.t_mark = {}, 0, time.perf_counter()
         return row
 
@@ -343,10 +342,10 @@ def init_weights(net, ema, source):
 def finish(net, step, run):
     """The end of a run: with several processes, the replicas must hold the same weights."""
     if run.world > 1:
-        mine = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1)
+        mine = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum()
         every = [torch.zeros_like(mine) for _ in range(run.world)]
         dist.all_gather(every, mine)
-        every = [float(c) for c in every]
+        every = [c.item() for c in every]
         print(f"[rank {run.rank}] parameter checksum {every[run.rank]!r}", flush=True)
         dist.destroy_process_group()
         if len(set(every)) != 1:
