@@ -166,8 +166,10 @@ def npz_images(path):
         with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
             f.seek(offset)
             for i in range(0, n, batch_size):
-                k = min(batch_size, n - i)      # a short read (a damaged file) fails the reshape
-                yield torch.frombuffer(bytearray(f.read(k * int(np.prod(shape)))), dtype=torch.uint8).reshape(k, *shape)
+                buf = f.read(min(batch_size, n - i) * int(np.prod(shape)))
+                if len(buf) != min(batch_size, n - i) * int(np.prod(shape)):
+                    raise ValueError(f"{name}: the file is truncated after {i} images")
+                yield torch.frombuffer(bytearray(buf), dtype=torch.uint8).reshape(-1, *shape)
     return Images(str(path), n, batches, identity)
 
 def _decode(files):     # a batch of image files -> (B, H, W, 3) uint8; runs in the DataLoader's workers
@@ -348,12 +350,13 @@ def statistics(source, model, batch_size=200, device=None, num_workers=0, cache_
         print(f"cached statistics of {source.name}: {cache}", file=sys.stderr)
     return stats, key
 
-def compute_fid(samples, ref, weights=None, data_root="data", device=None, cache_dir=DEFAULT_CACHE_DIR, **kwargs):
+def compute_fid(samples, ref, weights=None, batch_size=200, device=None, num_workers=0, data_root="data",
+                cache_dir=DEFAULT_CACHE_DIR, progress=True):
     """FID of `samples` against `ref` (each anything open_source takes), all checked before any compute."""
     sources = [open_source(s, data_root) for s in (samples, ref)]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_inception(weights, device) if any(isinstance(s, Images) for s in sources) else None
-    (s1, _), (s2, _) = (statistics(s, model, device=device, cache_dir=cache_dir, **kwargs) for s in sources)
+    (s1, _), (s2, _) = (statistics(s, model, batch_size, device, num_workers, cache_dir, progress) for s in sources)
     return frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma, rank=s1.n - 1 + s2.n - 1 if s1.n and s2.n else None)
 
 def main(argv=None):
