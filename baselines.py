@@ -66,7 +66,6 @@ class FlowMatchingConfig:
 
     def __post_init__(self):
         _check(self, ("time_sigma", self.time_sigma > 0, "must be > 0"))
-
     def soflow(self):
         return _view(self, p=0.0)    # p = 0: no adaptive weight
 

@@ -145,8 +145,8 @@ def toy_defaults(steps):
                                sigma_s=1.6, fm_ratio=0.1, p=0.0, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
 
 def train(args, cfg, mixture, rng, seed, name="soflow", probe=None, quiet=False):
-    """Train a method (baselines.build; SoFlow with cfg) on rng's data stream from initial weights drawn with torch seeded
-    by seed, logging 20 times the 1-NFE endpoint RMSE on probe = (noise, exact map): (method, logs, seconds)."""
+    """Train a method (baselines.build; SoFlow with cfg) with torch seeded by seed, on rng's data stream, logging 20
+    times its 1-NFE endpoint RMSE on probe = (noise, exact map): (method, per-step logs, seconds)."""
     torch.manual_seed(seed)
     method = baselines.build(name, lambda: MLP(width=args.width, depth=args.depth), args.steps, args.lr,
                              cfg if name == "soflow" else None)
