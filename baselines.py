@@ -56,7 +56,6 @@ def _detached(net):   # the network with its parameters out of the graph: gradie
     return lambda *args: torch.func.functional_call(net, params, args)
 
 # ------------------------------------------------------------------------ flow matching [FM]
-
 @dataclass(frozen=True)
 class FlowMatchingConfig:
     schedule: str = "linear"
@@ -67,7 +66,6 @@ class FlowMatchingConfig:
 
     def __post_init__(self):
         _check(self, ("time_sigma", self.time_sigma > 0, "must be > 0"))
-
     def soflow(self):
         return _view(self, p=0.0)    # p = 0: no adaptive weight
 
@@ -86,7 +84,6 @@ def flow_matching_loss(net, cfg, x0, y=None, generator=None):
 # The network is the average velocity u(z_t, r, t) = 1/(t - r) int_r^t v dtau ([MF] Eq. 3) = net(z, t, r),
 # trained on u = v - (t - r) du/dt (Eq. 6), du/dt = v d_z u + d_t u (Eq. 8) by one JVP: the loss is
 # sg(w) || u_theta - sg(v - (t - r) du/dt) ||^2 (Eq. 9, 10), w = 1 / (||err||^2 + eps)^p (Sec. 4.3).
-
 @dataclass(frozen=True)
 class MeanFlowConfig:
     schedule: str = "linear"
@@ -123,8 +120,7 @@ MEANFLOW_IMAGENET = MeanFlowConfig(num_classes=1000, label_drop=0.1, omega=1.0, 
 
 def meanflow_times(cfg, n, device=None, generator=None):
     """(t, r): two logit-normal draws sorted; the first round((1 - ratio) n) samples get r = t."""
-    a = soflow.logit_normal(n, cfg.time_mu, cfg.time_sigma, device, generator)
-    b = soflow.logit_normal(n, cfg.time_mu, cfg.time_sigma, device, generator)
+    a, b = (soflow.logit_normal(n, cfg.time_mu, cfg.time_sigma, device, generator) for _ in range(2))
     t, r = torch.maximum(a, b), torch.minimum(a, b)
     return t, torch.where(torch.arange(n, device=t.device) < round((1 - cfg.ratio) * n), t, r)
 
@@ -165,7 +161,6 @@ def meanflow_sample(net, cfg, x1, y=None, steps=1):
 # x0 + t' w(x0, t') (Eq. 4) by local velocity propagation (Eq. 13, 16): w(x0, t' + d) <- (t' - d)/t'
 # sg[w(x0, t')] + d/t' v_theta(x0 + t' sg[w(x0, t')], t'). [DM] runs from noise at t' = 0 to data at
 # t' = 1: t' = 1 - t, v_DM = -v, w = -F(x1, 1, 1 - t'); Eq. 13 is linear in (w, v), so it keeps its form.
-
 @dataclass(frozen=True)
 class DirectConfig:
     schedule: str = "linear"
@@ -221,7 +216,6 @@ def direct_sample(wnet, cfg, x1, y=None):
 # L1 = || u(x_t) - v_psi(x_t) ||^2 (Eq. 4.11), L2 = 2 (u - v_psi)^T (v_psi - u(x_t | x0)) (Eq. 4.12), with
 # gradients through x_t and u(x_t | x0) only: Grad_1 + Grad_2 (Eq. 4.4, 4.5, Theorem 4.2) = grad Eq. 4.1.
 # The paper drops L1 on CIFAR-10 (Sec. 5.1) and builds g from the teacher at a time t* (Eq. 5.1).
-
 @dataclass(frozen=True)
 class FGMConfig:
     schedule: str = "linear"
@@ -307,8 +301,7 @@ TOY = {   # the toy's settings (SoFlow's: toy2d.toy_defaults): the papers' defau
     "meanflow": MeanFlowConfig(time_mu=0.0, time_sigma=1.6, ratio=0.75, p=0.5),
     "direct": DirectConfig(),
     "fgm": FGMConfig(),       # L2 alone as the paper trains (it reports that L1 + L2 also works on 2-D toys)
-    "fm": FlowMatchingConfig(),
-}
+    "fm": FlowMatchingConfig()}
 
 def build(name, make_net, steps, lr, cfg=None):
     """A method ready to train for `steps` iterations: build('meanflow', lambda: MLP(), 4000, 2e-3).

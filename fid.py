@@ -99,8 +99,9 @@ class FIDInception(tv.Inception3):
 def load_inception(weights=None, device="cpu"):
     """FIDInception, eval mode, no gradients, the weights loaded strictly from `weights`, else $SOFLOW_FID_WEIGHTS,
     else the torch.hub cache (downloaded there on first use). A bad file: one line, before any compute."""
-    path = Path(weights or os.environ.get(WEIGHTS_ENV) or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME)
-    if (weights or os.environ.get(WEIGHTS_ENV)) and not path.is_file():
+    given = weights or os.environ.get(WEIGHTS_ENV)
+    path = Path(given or Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILENAME)
+    if given and not path.is_file():
         raise FileNotFoundError(f"Inception weights file {path} does not exist (download it from {WEIGHTS_URL})")
     if not path.is_file():              # download_url_to_file shows its own progress bar
         try:
@@ -116,8 +117,7 @@ def load_inception(weights=None, device="cpu"):
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True, assign=True)
     except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as e:    # damaged, or another network's
         raise ValueError(f"{path} is not a readable {WEIGHTS_FILENAME} ({first_line(e)}); get it from {WEIGHTS_URL}")
-    with open(path, "rb") as f:
-        model.weights_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    model.weights_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()     # a key of cached statistics
     if not model.weights_sha256.startswith(WEIGHTS_SHA256_PREFIX):
         print(f"note: {path} is not {WEIGHTS_FILENAME}; these FIDs compare with no published number", file=sys.stderr)
     return model.eval().requires_grad_(False).to(device)
@@ -131,49 +131,38 @@ class Images(NamedTuple):
     batches: Callable       # (batch_size, num_workers=0) -> iterator of (B, H, W, 3) uint8 tensors
     identity: dict | None   # what the statistics cache keys them by (None: never cached)
 
-def _check_shape(shape, name):
+def check_images(shape, dtype, name):
+    """Images (N >= 2, H, W, 3) of uint8 (the ADM format), from an array's or an .npy header's shape and dtype."""
     if len(shape) != 4 or shape[-1] != 3:
-        hint = ""
-        if len(shape) == 4 and shape[1] == 3:
-            hint = " This looks like (N, 3, H, W); transpose it with x.transpose(0, 2, 3, 1)."
-        elif len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1):
-            hint = " Grayscale images need 3 channels: np.repeat(x[..., None], 3, -1)."
+        transposed, gray = len(shape) == 4 and shape[1] == 3, len(shape) == 3 or len(shape) == 4 and shape[-1] == 1
+        hint = (" This looks like (N, 3, H, W); transpose it with x.transpose(0, 2, 3, 1)." if transposed else
+                " Grayscale images need 3 channels: np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=-1)." if gray else "")
         raise ValueError(f"{name}: expected images of shape (N, H, W, 3), got {tuple(shape)}.{hint}")
     if shape[0] < 2:
         raise ValueError(f"{name}: a covariance needs at least 2 images, got {shape[0]} (FID-50K uses 50,000)")
-
-def check_images(x, name="images"):
-    """An array (N, H, W, 3), uint8 or floats in [0, 1], checked; as uint8 (floats rounded to 8 bits)."""
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
-    _check_shape(x.shape, name)
-    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: expected uint8 in [0, 255] or floats in [0, 1], got dtype {x.dtype}")
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if x.dtype != np.uint8 and not (np.isfinite(lo) and np.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
-        hint = " (images in [-1, 1]? map them with (x + 1) / 2)" if lo < 0 else ""
-        raise ValueError(f"{name}: float images must lie in [0, 1]; got values in [{lo}, {hi}]{hint}")
-    return x if x.dtype == np.uint8 else np.round(x * 255).astype(np.uint8)
+    if dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 images in [0, 255] (the ADM format), got dtype {dtype}; from "
+                         "floats in [0, 1]: np.round(x * 255).astype(np.uint8)")
 
 def array_images(x, name="images", identity=None):
-    x = check_images(x, name)
+    """An array (N, H, W, 3) of uint8 (numpy or torch), checked, in batches."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+    check_images(x.shape, x.dtype, name)
     return Images(name, len(x), lambda b, w=0: (torch.from_numpy(x[i:i + b]) for i in range(0, len(x), b)), identity)
 
 def npz_images(path):
-    """The uint8 images under 'arr_0' of an .npz, checked from the header, streamed (50,000 ImageNet images: 10 GB)."""
+    """The images under 'arr_0' of an .npz, checked from the header, streamed (50,000 ImageNet images: 10 GB)."""
     path, name = Path(path), f"{path} ['arr_0']"
     with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
         version = np.lib.format.read_magic(f)
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         (n, *shape), fortran_order, dtype = header(f)
         offset = f.tell()
-    _check_shape((n, *shape), name)
-    if dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8 images in [0, 255] (the ADM .npz format), got dtype {dtype}. "
-                         "From floats in [0, 1]: (x * 255).round().clip(0, 255).astype(np.uint8)")
+    check_images((n, *shape), dtype, name)
+    identity = {"npz": str(path.resolve()), "size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+    if fortran_order:       # np.save of an F-contiguous array: no image lies in one piece, so read it whole
+        return array_images(np.load(path)["arr_0"], str(path), identity)
     def batches(batch_size, num_workers=0):
-        if fortran_order:       # not what np.savez writes for a C array: read it whole
-            yield from array_images(np.load(path)["arr_0"], name).batches(batch_size)
-            return
         with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
             f.seek(offset)
             for i in range(0, n, batch_size):
@@ -181,8 +170,7 @@ def npz_images(path):
                 if len(buf) != min(batch_size, n - i) * int(np.prod(shape)):
                     raise ValueError(f"{name}: the file is truncated after {i} images")
                 yield torch.frombuffer(bytearray(buf), dtype=torch.uint8).reshape(-1, *shape)
-    return Images(str(path), n, batches, {"npz": str(path.resolve()), "size": path.stat().st_size,
-                                          "mtime_ns": path.stat().st_mtime_ns})
+    return Images(str(path), n, batches, identity)
 
 def _decode(files):     # a batch of image files -> (B, H, W, 3) uint8; runs in the DataLoader's workers
     from PIL import Image
@@ -214,10 +202,45 @@ def dataset_images(name, data_root="data"):
     try:
         data = CIFAR10(root=data_root, train=name == "cifar10-train", download=True).data   # uint8 (N, 32, 32, 3)
     except (OSError, RuntimeError) as e:      # offline (OSError); a damaged archive (RuntimeError)
-        raise FileNotFoundError(f"CIFAR-10 is not under {data_root} and could not be downloaded ({first_line(e)}). "
-                                f"Put https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {data_root}, or "
+        raise FileNotFoundError(f"CIFAR-10 is not under {data_root} and could not be downloaded ({first_line(e)}); "
+                                f"put https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz in {data_root}, or "
                                 "pass --data_root") from e
     return array_images(data, name, identity={"dataset": name})
+
+def open_source(spec, data_root="data"):
+    """Images (of a dataset name, an array, an .npz with 'arr_0', a folder) or the Path of an .npz of statistics
+    ('mu', 'sigma'), checked now. 'zlab-princeton/SoFlow/Ref/x.npz' (or 'Ref/x.npz' where no such local path
+    exists) is that file of the authors' Hugging Face repository, downloaded once into the usual hub cache."""
+    if isinstance(spec, str) and spec in DATASETS:
+        return dataset_images(spec, data_root)
+    if not isinstance(spec, (str, Path)):
+        return array_images(spec)
+    path = Path(spec)
+    if not path.exists() and str(spec).startswith((f"{HUB_REPO}/", "Ref/")):
+        import huggingface_hub
+        filename = str(spec).removeprefix(f"{HUB_REPO}/")
+        try:
+            path = Path(huggingface_hub.hf_hub_download(HUB_REPO, filename))
+        except (OSError, huggingface_hub.errors.EntryNotFoundError) as e:     # offline, no such file, ...
+            raise FileNotFoundError(f"{spec}: could not fetch {filename} from the Hugging Face repository {HUB_REPO} "
+                                    f"({first_line(e)}); download https://huggingface.co/{HUB_REPO}/resolve/main/"
+                                    f"{filename} by hand and pass its path") from e
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (expected an .npz, an image folder, one of {DATASETS} "
+                                f"or a file of {HUB_REPO} such as Ref/cifar10.npz)")
+    if path.is_dir():
+        return folder_images(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not a readable .npz file (nor a folder, nor one of {DATASETS})") from None
+    if "mu" in keys and "sigma" in keys:
+        load_statistics(path)       # shapes checked now
+        return path
+    if "arr_0" in keys:
+        return npz_images(path)
+    raise ValueError(f"{path} has neither images under 'arr_0' nor statistics 'mu' and 'sigma' (keys: {keys})")
 
 # -----------------------------------------------------------------------------
 # Statistics and the Frechet distance.
@@ -241,12 +264,11 @@ def fp32_exact():
 
 @torch.no_grad()
 def activations(images, model, batch_size=200, device=None, num_workers=0, progress=True):
-    """Features (N, 2048) float32 of `images` (Images, or an array for check_images); fp32, no TF32 or autocast."""
+    """Features (N, 2048) float32 of `images` (Images, or a uint8 array); fp32, no TF32 or autocast."""
     images = images if isinstance(images, Images) else array_images(images)
     device = torch.device(device or next(model.parameters()).device)
     out, i = np.empty((images.n, FEATURE_DIM), dtype=np.float32), 0
-    bar = tqdm(total=images.n, unit="img", desc=f"Inception features of {images.name}", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=images.n, unit="img", desc=f"Inception features of {images.name}", disable=not progress)
     with fp32_exact(), torch.autocast(device.type, enabled=False), bar:
         for batch in images.batches(batch_size, num_workers):
             out[i:i + len(batch)] = model(batch.to(device).permute(0, 3, 1, 2).float() / 255).cpu().numpy()
@@ -270,11 +292,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, rank=None):
     and ADM (not finite: warn, add eps to the diagonals; imaginary round-off dropped). rank: a bound on
     rank(S1) + rank(S2) (n1 - 1 + n2 - 1 for n1, n2 images); below the dimension the root is taken in the
     span of both, where S1 S2 lives: the same trace from a small, well-conditioned sqrtm."""
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    d = len(mu1)
-    if mu1.shape != mu2.shape or mu1.ndim != 1 or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+    mu1, mu2, sigma1, sigma2 = (np.asarray(a, dtype=np.float64) for a in (mu1, mu2, sigma1, sigma2))
+    if mu1.ndim != 1 or mu2.shape != mu1.shape or not sigma1.shape == sigma2.shape == mu1.shape * 2:
         raise ValueError(f"statistics do not match: mu {mu1.shape}, {mu2.shape}; sigma {sigma1.shape}, {sigma2.shape}")
+    d = len(mu1)
     s1, s2 = sigma1, sigma2
     if rank is not None and 0 < rank < d:   # an orthonormal basis q of range(S1) + range(S2), if it fits in rank
         s = sigma1 / np.linalg.norm(sigma1) + sigma2 / np.linalg.norm(sigma2)
@@ -305,48 +326,8 @@ def load_statistics(path):
         stats = Stats(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), n if n > 0 else None)
         key = json.loads(str(f["key"])) if "key" in f.files else {}
     if stats.mu.ndim != 1 or stats.sigma.shape != stats.mu.shape * 2:
-        raise ValueError(f"{path}: 'mu' {stats.mu.shape} and 'sigma' {stats.sigma.shape} are not a mean and its "
-                         "covariance")
+        raise ValueError(f"{path}: 'mu' {stats.mu.shape}, 'sigma' {stats.sigma.shape}: not a mean and its covariance")
     return stats, key
-
-def hub_file(spec):
-    """'zlab-princeton/SoFlow/Ref/cifar10.npz' (or 'Ref/cifar10.npz', when no such local path exists): that file
-    of the authors' Hugging Face repository, downloaded once into the usual hub cache. None for other names."""
-    if Path(spec).exists() or not str(spec).startswith((f"{HUB_REPO}/", "Ref/")):
-        return None
-    import huggingface_hub
-    filename = str(spec).removeprefix(f"{HUB_REPO}/")
-    try:
-        return Path(huggingface_hub.hf_hub_download(HUB_REPO, filename))
-    except (OSError, huggingface_hub.errors.EntryNotFoundError) as e:     # offline, no such file, ...
-        raise FileNotFoundError(f"{spec}: could not fetch {filename} from the Hugging Face repository {HUB_REPO} "
-                                f"({first_line(e)}); download https://huggingface.co/{HUB_REPO}/resolve/main/"
-                                f"{filename} by hand and pass its path") from e
-
-def open_source(spec, data_root="data"):
-    """Images (of a dataset name, an .npz with 'arr_0', a folder, an array, a hub_file) or the Path of an .npz
-    of statistics ('mu', 'sigma'), checked now."""
-    if isinstance(spec, str) and spec in DATASETS:
-        return dataset_images(spec, data_root)
-    if not isinstance(spec, (str, Path)):
-        return array_images(spec)
-    path = hub_file(spec) or Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected an .npz, an image folder, one of {DATASETS} "
-                                f"or a file of {HUB_REPO} such as Ref/cifar10.npz)")
-    if path.is_dir():
-        return folder_images(path)
-    try:
-        with zipfile.ZipFile(path) as z:
-            keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path} is not a readable .npz file (nor a folder, nor one of {DATASETS})") from None
-    if "mu" in keys and "sigma" in keys:
-        load_statistics(path)       # shapes checked now
-        return path
-    if "arr_0" in keys:
-        return npz_images(path)
-    raise ValueError(f"{path} has neither images under 'arr_0' nor statistics 'mu' and 'sigma' (keys: {keys})")
 
 def statistics(source, model, batch_size=200, device=None, num_workers=0, cache_dir=None, progress=True):
     """(Stats, key) of what open_source returns; model from load_inception (None for a statistics file). Those of
@@ -360,10 +341,9 @@ def statistics(source, model, batch_size=200, device=None, num_workers=0, cache_
     label = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source.name).name)[:40]
     tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"{label}-{tag}.npz" if cache_dir is not None and source.identity is not None else None
-    stats, cached_key = load_statistics(cache) if cache is not None and cache.is_file() else (None, None)
-    if cached_key == key:
+    if cache is not None and cache.is_file() and (cached := load_statistics(cache))[1] == key:
         print(f"using cached statistics of {source.name}: {cache}", file=sys.stderr)
-        return stats, key
+        return cached
     stats = statistics_from_activations(activations(source, model, batch_size, device, num_workers, progress))
     if cache is not None:
         save_statistics(cache, stats, key)

@@ -7,36 +7,31 @@ SoFlow on 2-D toy data: trains on a laptop CPU in under a minute and draws what 
     python toy2d.py --method meanflow        # or direct, fgm, fm: a baseline (baselines.py)
     python toy2d.py --compare --seeds 0,1,2  # all five on the same data, steps and MLP, per seed
 
-An MLP F(x, t, s) becomes the solution function f = a x + b F of the flow-matching ODE (soflow.py).
-The Gaussian mixture's velocity has a closed form, so its exact solution map is known (to scipy's ODE
-tolerance): one-step samples are compared point by point with where the ODE takes the same noise.
-Writes to --out: toy2d.png, results.json, samples.npz (--method NAME: toy2d_NAME.png, results_NAME.json;
---compare: compare.png, compare.json).
+An MLP F(x, t, s) becomes the solution function f = a x + b F of the flow-matching ODE (soflow.py). The Gaussian
+mixture's velocity has a closed form, so its exact solution map is known (to scipy's ODE tolerance): one-step samples
+are compared point by point with where the ODE takes the same noise. Writes to --out: toy2d.png, results.json,
+samples.npz (--method NAME: toy2d_NAME.png, results_NAME.json; --compare: compare.png, compare.json).
 """
 
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from matplotlib.figure import Figure       # no pyplot: no global state, no backend to choose
-from scipy.integrate import solve_ivp
+from scipy import integrate, special
 from tqdm import tqdm
 
 import baselines
 import soflow
 
 # -------------------------------------------------------------------------------------------- data
-# Every dataset is scaled to roughly unit variance, like the noise.
 class GaussianMixture:
     """sum_k w_k N(mu_k, std^2 I): its flow-matching velocity has a closed form, since given x_t and k,
     (x0, x1) are jointly Gaussian and E[x0 | x_t], E[x1 | x_t] follow from Gaussian conditioning."""
-
     def __init__(self, means, std, weights):
         self.means, self.std = np.asarray(means, dtype=np.float64), float(std)
         self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
@@ -51,8 +46,7 @@ class GaussianMixture:
         var = alpha**2 * self.std**2 + beta**2                          # Var[x_t | k] per coordinate
         diff = x[:, None, :] - alpha * self.means[None]                  # (N, K, D)
         logp = np.log(self.weights)[None] - (diff**2).sum(-1) / (2 * var)
-        post = np.exp(logp - logp.max(1, keepdims=True))
-        post /= post.sum(1, keepdims=True)                               # p(k | x_t)
+        post = special.softmax(logp, axis=1)                             # p(k | x_t)
         e_x0 = self.means[None] + (alpha * self.std**2 / var) * diff      # E[x0 | x_t, k]
         e_x1 = (beta / var) * diff                                       # E[x1 | x_t, k]
         return np.einsum("nk,nkd->nd", post, da * e_x0 + db * e_x1)
@@ -62,7 +56,7 @@ class GaussianMixture:
         Runge-Kutta (DOP853). With s_eval, the states at those times, (len(s_eval), N, D)."""
         x = np.asarray(x, dtype=np.float64)
         rhs = lambda u, z: self.velocity(z.reshape(x.shape), u, schedule).ravel()
-        sol = solve_ivp(rhs, (t, s), x.ravel(), method="DOP853", rtol=rtol, atol=atol, t_eval=s_eval)
+        sol = integrate.solve_ivp(rhs, (t, s), x.ravel(), method="DOP853", rtol=rtol, atol=atol, t_eval=s_eval)
         if not sol.success:
             raise RuntimeError(f"ODE solver failed: {sol.message}")
         return sol.y[:, -1].reshape(x.shape) if s_eval is None else sol.y.T.reshape(len(s_eval), *x.shape)
@@ -76,7 +70,7 @@ def default_mixture():
 DATASETS = ("gmm", "checkerboard", "moons", "spiral")
 
 def sample_data(name, n, rng, mixture=None):
-    """n points of a dataset, float32 (n, 2)."""
+    """n points of a dataset, float32 (n, 2), scaled to roughly unit variance like the noise."""
     if name == "gmm":
         x, _ = mixture.sample(n, rng)
     elif name == "checkerboard":
@@ -97,23 +91,18 @@ def sample_data(name, n, rng, mixture=None):
     return x.astype(np.float32)
 
 # ----------------------------------------------------------------------------------------- network
-class MLP(nn.Module):
-    """F(x, t, s, y): an MLP on x and sinusoidal features of t and t - s (and a label embedding)."""
-
-    def __init__(self, dim=2, width=256, depth=4, num_classes=None, freqs=4):
+class MLP(torch.nn.Module):
+    """F(x, t, s): an MLP on x and sinusoidal features of t and t - s; the toy is unconditional (y unused)."""
+    def __init__(self, dim=2, width=256, depth=4, freqs=4):
         super().__init__()
         self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(freqs) / 2)
-        self.inp = nn.Linear(dim + 8 * freqs, width)
-        self.label = nn.Embedding(num_classes + 1, width) if num_classes else None
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
-        self.out = nn.Linear(width, dim)
+        self.inp = torch.nn.Linear(dim + 8 * freqs, width)
+        self.hidden = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(depth - 1))
+        self.out = torch.nn.Linear(width, dim)
 
     def forward(self, x, t, s, y=None):
         u = torch.stack([t, t - s], 1)[:, :, None] * self.freqs            # (B, 2, freqs)
-        h = self.inp(torch.cat([x, u.sin().flatten(1), u.cos().flatten(1),
-                                (2 * u).sin().flatten(1), (2 * u).cos().flatten(1)], 1))
-        if self.label is not None:
-            h = h + self.label(torch.full((x.shape[0],), self.label.num_embeddings - 1, device=x.device) if y is None else y)
+        h = self.inp(torch.cat([x] + [f(m * u).flatten(1) for m in (1, 2) for f in (torch.sin, torch.cos)], 1))
         for layer in self.hidden:
             h = layer(torch.nn.functional.silu(h))
         return self.out(torch.nn.functional.silu(h))
@@ -155,22 +144,18 @@ def toy_defaults(steps):
     return soflow.SoFlowConfig(**soflow.UNCONDITIONAL, mu_fm=0.0, sigma_fm=1.6, mu_t=0.5, sigma_t=1.6, mu_s=-0.5,
                                sigma_s=1.6, fm_ratio=0.1, p=0.0, eps=0.01, r_init=0.2, r_end=0.002, total_steps=steps)
 
-def fit(args, name, cfg, mixture, rng, probe=None, quiet=False):
-    """Train a method (baselines.build) on rng's data stream, logging probe(method) 20 times: (method, logs, s)."""
+def train(args, cfg, mixture, rng, seed, name="soflow", probe=None, quiet=False):
+    """Train a method (baselines.build; SoFlow with cfg) with torch seeded by seed, on rng's data stream, logging 20
+    times its 1-NFE endpoint RMSE on probe = (noise, exact map): (method, per-step logs, seconds)."""
+    torch.manual_seed(seed)
     method = baselines.build(name, lambda: MLP(width=args.width, depth=args.depth), args.steps, args.lr,
                              cfg if name == "soflow" else None)
     logs, t0 = [], time.time()
     for k in tqdm(range(args.steps), desc=f"{LABELS[name]} on {args.dataset}", disable=quiet, mininterval=0.5):
         logs.append(method.step(torch.from_numpy(sample_data(args.dataset, args.batch, rng, mixture)), k))
         if probe and ((k + 1) % max(1, args.steps // 20) == 0 or k + 1 == args.steps):
-            logs[-1]["probe"] = probe(method)
+            logs[-1]["probe"] = rmse(method.samplers[1](probe[0]).numpy(), probe[1])
     return method, logs, time.time() - t0
-
-def train(args, cfg, mixture, rng, log_every=0):
-    """SoFlow's MLP trained on the data stream of rng, torch seeded by args.seed: (network, per-step logs)."""
-    torch.manual_seed(args.seed)
-    method, logs, _ = fit(args, "soflow", cfg, mixture, rng, quiet=log_every < 0)
-    return method.nets["F"], logs
 
 # ----------------------------------------------------------------------------------------- figures
 def _panel(a, title, pts=None, color=None, lim=3.0):
@@ -178,7 +163,7 @@ def _panel(a, title, pts=None, color=None, lim=3.0):
         a.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.4, color=color)
     a.set_title(title, fontsize=12); a.set_xlim(-lim, lim); a.set_ylim(-lim, lim); a.set_aspect("equal")
 
-def _paths(a, data, fan, paths, ref, ref_label="exact ODE path", label="learned s -> f(x1, 1, s)"):
+def _paths(a, title, data, fan, paths, ref, ref_label="exact ODE path"):
     """Paths from noise (red; dashed: noise -> sample) over reference paths, alike in both figures."""
     a.scatter(data[:2000, 0], data[:2000, 1], s=1, alpha=0.15, color="tab:blue")
     for i in range(len(fan)):
@@ -186,8 +171,9 @@ def _paths(a, data, fan, paths, ref, ref_label="exact ODE path", label="learned 
             a.plot(ref[:, i, 0], ref[:, i, 1], color="black", lw=2.5, alpha=0.3, label=None if i else ref_label)
         if paths is not None:
             a.plot(paths[:, i, 0], paths[:, i, 1], color="tab:red", lw=1, ls="-" if len(paths) > 2 else "--",
-                   label=None if i else label)
+                   label=None if i else "learned s -> f(x1, 1, s)")
     a.scatter(fan[:, 0], fan[:, 1], s=12, color="black", marker="x", label="x1 (noise)")
+    _panel(a, title)
 
 def draw(path, net, cfg, args, mixture, data, x1, outputs, logs):
     fig = Figure(figsize=(16, 10.5))
@@ -196,22 +182,19 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, logs):
     _panel(ax[1], "SoFlow, 1 NFE: f(x1, 1, 0)", outputs["SoFlow 1-NFE"], "tab:red")
     _panel(ax[2], "SoFlow, 2 NFE: f(f(x1, 1, 1/2), 1/2, 0)", outputs["SoFlow 2-NFE chain"], "tab:purple")
     # solution paths s -> f(x1, 1, s) from noise over the exact ones (no closed form: 200 Euler steps)
-    fan, s_grid = x1[:24], np.linspace(1, 0, 41)
+    fan, s_grid, gmm = x1[:24], np.linspace(1, 0, 41), args.dataset == "gmm"
+    ref = (mixture.solve(fan, 1.0, 0.0, cfg.schedule, s_eval=s_grid) if gmm
+           else soflow.trajectory(net, cfg, torch.from_numpy(fan), np.linspace(1, 0, 201), "euler").numpy()[::5])
     learned = soflow.trajectory(net, cfg, torch.from_numpy(fan), s_grid).numpy()
-    if args.dataset == "gmm":
-        _paths(ax[3], data, fan, learned, mixture.solve(fan, 1.0, 0.0, cfg.schedule, s_eval=s_grid))
-    else:
-        ref = soflow.trajectory(net, cfg, torch.from_numpy(fan), np.linspace(1, 0, 201), "euler").numpy()[::5]
-        _paths(ax[3], data, fan, learned, ref, "Euler on v_theta, 200 steps")
-    _panel(ax[3], "solution paths from noise")
+    _paths(ax[3], "solution paths from noise", data, fan, learned, ref,
+           "exact ODE path" if gmm else "Euler on v_theta, 200 steps")
     ax[3].legend(loc="lower left", fontsize=8)
     # the velocity head v_theta(x, t) = d/ds f(x, t, s) at s = t (Eq. 10); -v is the way sampling moves
     alpha, beta, _, _ = (float(c) for c in soflow.schedule(cfg.schedule, torch.tensor(0.25)))
     xt = alpha * data[:3000] + beta * np.random.default_rng(0).standard_normal((min(3000, len(data)), 2))
     gx, gy = np.meshgrid(np.linspace(-3, 3, 21), np.linspace(-3, 3, 21))
-    with torch.no_grad():
-        v = -soflow.velocity(net, cfg, torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32),
-                             torch.full((gx.size,), 0.25)).numpy()
+    v = -soflow.velocity(net, cfg, torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32),
+                         torch.full((gx.size,), 0.25)).detach().numpy()
     _panel(ax[4], "velocity head: -v_theta(x, t = 0.25), over x_t", xt, "tab:gray")
     q = ax[4].quiver(gx, gy, *v.T.reshape(2, *gx.shape), np.hypot(*v.T), cmap="viridis", angles="xy")
     fig.colorbar(q, ax=ax[4], shrink=0.75, label="|v_theta(x, t)|")
@@ -232,8 +215,7 @@ def draw(path, net, cfg, args, mixture, data, x1, outputs, logs):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
-# ---------------------------------------------------------------------------------- the baselines
-# --method, --compare: training code in baselines.py; per seed, one data stream, steps and MLP for all.
+# ------------------------------------------------------------- the baselines (baselines.py): --method, --compare
 LABELS = {"soflow": "SoFlow", "meanflow": "MeanFlow", "direct": "Direct Models", "fgm": "FGM", "fm": "flow matching"}
 
 def format_compare(rows, reference):
@@ -244,19 +226,18 @@ def format_compare(rows, reference):
         cells = [f(r["mean_sd"].get(n, {}).get(m)) for n in (1, 2) for m in ("endpoint_rmse", "energy_distance")]
         lines.append(f"{r['label']:<14}" + "".join(f"{c:>17}" for c in cells)
                      + f"{np.mean([u['train_seconds'] for u in r['runs']]):>9.1f}{r['networks']:>5}{r['parameters']:>8}")
-    for k, v in reference.items():
-        lines.append(f"{k:<31} endpoint RMSE {f(v['endpoint_rmse']):>16}   energy {f(v['energy_distance'])}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"{k:<31} endpoint RMSE {f(v['endpoint_rmse']):>16}   energy {f(v['energy_distance'])}"
+                              for k, v in reference.items()])
 
 def draw_compare(path, rows, first, args, mixture, data, x1, exact):
     """Per method (first seed): 1-NFE samples, paths from noise over the exact ones; titles: all seeds."""
     fan, s_grid = x1[:24], np.linspace(1, 0, 41)
     ref = mixture.solve(fan, 1.0, 0.0, s_eval=s_grid) if exact is not None else None
     fig = Figure(figsize=(3.9 * (len(rows) + 1), 8.4))
-    ax = fig.subplots(2, len(rows) + 1, squeeze=False)
+    ax = fig.subplots(2, len(rows) + 1, squeeze=False, subplot_kw={"xticks": [], "yticks": []})
     _panel(ax[0, 0], f"data ({args.dataset})", data, "tab:blue")
-    _paths(ax[1, 0], data[:0], fan, None, ref)
-    _panel(ax[1, 0], "exact ODE map and paths", exact, "tab:gray")
+    _paths(ax[1, 0], "exact ODE map and paths", data[:0], fan, None, ref)
+    _panel(ax[1, 0], "exact ODE map and paths", exact, "tab:gray")   # the exact map's samples over the paths
     for j, r in enumerate(rows, start=1):
         (method, samples), (e, d) = first[r["method"]], r["mean_sd"][1].values()
         rmse_line = "" if e is None else f"RMSE {e[0]:.3f} +- {e[1]:.3f}\n"
@@ -266,15 +247,12 @@ def draw_compare(path, rows, first, args, mixture, data, x1, exact):
             what = "Euler paths, 40 steps" if r["method"] == "fm" else "paths from noise"
         else:   # a one-step generator has no path: noise -> sample
             paths, what = np.stack([fan, samples[1][:len(fan)]]), "noise -> sample (no path)"
-        _paths(ax[1, j], data, fan, paths, ref)
-        _panel(ax[1, j], f"{r['label']}: {what}")
-    for a in ax.ravel():
-        a.set_xticks([]); a.set_yticks([])
+        _paths(ax[1, j], f"{r['label']}: {what}", data, fan, paths, ref)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
 def compare(args, cfg, names):
-    """Each method trained with each seed on that seed's data stream: the table, its JSON, the figure."""
+    """Each method trained with each seed on that seed's data stream (same steps and MLP): the table, JSON, figure."""
     mixture = default_mixture()
     rng = np.random.default_rng(args.seeds[0] + 1)          # the same evaluation points for every run
     x1 = rng.standard_normal((args.eval_points, 2)).astype(np.float32)
@@ -285,8 +263,7 @@ def compare(args, cfg, names):
     for name in names:
         runs = []
         for seed in args.seeds:
-            torch.manual_seed(seed)
-            method, _, seconds = fit(args, name, cfg, mixture, np.random.default_rng(seed))
+            method, _, seconds = train(args, cfg, mixture, np.random.default_rng(seed), seed, name)
             samples = {n: sampler(torch.from_numpy(x1)).numpy() for n, sampler in method.samplers.items()}
             first.setdefault(name, (method, samples))
             scores = {n: score(out, exact, fresh) for n, out in samples.items()}
@@ -298,11 +275,10 @@ def compare(args, cfg, names):
     reference = {"fresh data (noise floor)": score(sample_data(args.dataset, args.eval_points, rng, mixture), None, fresh),
                  **({} if exact is None else {"exact ODE map": score(exact, exact, fresh)}),
                  **{"flow matching, 100 Euler steps": r["mean_sd"][100] for r in rows if r["method"] == "fm"}}
-    table = format_compare(rows, reference)
-    print(table)
+    print(table := format_compare(rows, reference))
     stem, out = ("compare", "compare.json") if len(names) > 1 else (f"toy2d_{names[0]}", f"results_{names[0]}.json")
     data = sample_data(args.dataset, 4000, rng, mixture)
-    draw_compare(os.path.join(args.out, f"{stem}.png"), rows, first, args, mixture, data, x1, exact)
+    draw_compare(Path(args.out, f"{stem}.png"), rows, first, args, mixture, data, x1, exact)
     Path(args.out, out).write_text(json.dumps({"dataset": args.dataset, "rows": rows, "reference": reference, "table": table,
         "args": vars(args), "configs": {n: dataclasses.asdict(first[n][0].config) for n in names}}, indent=2))
     print(f"wrote {args.out}/{stem}.png, {out}")
@@ -310,6 +286,7 @@ def compare(args, cfg, names):
 
 # ------------------------------------------------------------------------------------ command line
 def parse_args(argv=None):
+    """The command line: (the toy's settings, the method's SoFlowConfig)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
@@ -327,42 +304,35 @@ def parse_args(argv=None):
     p.add_argument("--method", default="soflow", choices=baselines.METHODS, help="the method (baselines: baselines.TOY)")
     p.add_argument("--compare", action="store_true", help="train every method on the same data, steps and MLP")
     g = p.add_argument_group("SoFlow method (soflow.SoFlowConfig; the toy is unconditional, K is --steps)")
-    base = toy_defaults(1)
     choices = {"schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES, "r_schedule": soflow.R_SCHEDULES}
-    for f in dataclasses.fields(soflow.SoFlowConfig):
-        if f.name not in ("total_steps", "guidance_t_max", "guidance_decay_k", *soflow.UNCONDITIONAL):
-            g.add_argument(f"--{f.name}", type=type(getattr(base, f.name)), default=getattr(base, f.name),
-                           choices=choices.get(f.name), help="lambda of the paper" if f.name == "fm_ratio" else None)
+    for name, value in toy_defaults(1).to_dict().items():
+        if name not in ("total_steps", "guidance_t_max", "guidance_decay_k", *soflow.UNCONDITIONAL):
+            g.add_argument(f"--{name}", type=type(value), default=value, choices=choices.get(name),
+                           help="lambda of the paper" if name == "fm_ratio" else None)
     args = p.parse_args(argv)
     for name in ("steps", "batch", "lr", "width", "depth", "eval_points"):
         if not getattr(args, name) > 0:
             p.error(f"--{name} {getattr(args, name)}: must be > 0")
     args.seeds = args.seeds or [args.seed]
-    return args
-
-def make_config(args):
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(soflow.SoFlowConfig) if hasattr(args, f.name)}
-    try:
-        return toy_defaults(args.steps).replace(**fields)
+    try:   # SoFlowConfig's own checks: one line naming the field
+        return args, toy_defaults(args.steps).replace(**fields)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
 
 def main(argv=None):
-    args = parse_args(argv)
-    cfg = make_config(args)
+    args, cfg = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.compare or args.method != "soflow":
         return compare(args, cfg, list(baselines.METHODS) if args.compare else [args.method])
     t0, rng, mixture = time.time(), np.random.default_rng(args.seed), default_mixture()
     x_probe = torch.randn(300, 2, generator=torch.Generator().manual_seed(10_000))   # the training curve's points
-    probe_exact = mixture.solve(x_probe.numpy(), 1.0, 0.0, cfg.schedule) if args.dataset == "gmm" else None
-    torch.manual_seed(args.seed)
-    probe = None if probe_exact is None else lambda m: rmse(m.samplers[1](x_probe).numpy(), probe_exact)
-    method, logs, train_s = fit(args, "soflow", cfg, mixture, rng, probe)
+    probe = (x_probe, mixture.solve(x_probe.numpy(), 1.0, 0.0, cfg.schedule)) if args.dataset == "gmm" else None
+    method, logs, train_s = train(args, cfg, mixture, rng, args.seed, probe=probe)
     rows, x1, outputs, exact = evaluate(net := method.nets["F"], cfg, args, mixture, rng)
-    draw(os.path.join(args.out, "toy2d.png"), net, cfg, args, mixture, sample_data(args.dataset, 4000, rng, mixture),
+    draw(Path(args.out, "toy2d.png"), net, cfg, args, mixture, sample_data(args.dataset, 4000, rng, mixture),
          x1, outputs, logs)
     total_s, f = time.time() - t0, lambda v: "-" if v is None else f"{v:.4f}"
     print("\n".join([f"{'sampler':<28} {'NFE':>4} {'endpoint RMSE':>14} {'energy dist.':>13}"] + [f"{r['sampler']:<28} "
@@ -371,7 +341,7 @@ def main(argv=None):
     Path(args.out, "results.json").write_text(json.dumps({"dataset": args.dataset, "rows": rows, "train_seconds": train_s,
         "total_seconds": total_s, "curve": [[k + 1, r["probe"]] for k, r in enumerate(logs) if "probe" in r],
         "args": vars(args), "config": cfg.to_dict()}, indent=2))
-    np.savez(os.path.join(args.out, "samples.npz"), noise=x1, one_nfe=outputs["SoFlow 1-NFE"], means=mixture.means,
+    np.savez(Path(args.out, "samples.npz"), noise=x1, one_nfe=outputs["SoFlow 1-NFE"], means=mixture.means,
              exact=exact if exact is not None else np.zeros((0, 2)), std=mixture.std, weights=mixture.weights)
     print(f"wrote {args.out}/toy2d.png, results.json, samples.npz")
     return rows

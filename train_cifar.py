@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoints
+import settings
 import soflow
 import trainer
 import unet
@@ -183,8 +184,7 @@ def warp(x, flip, scale, aniso, angle, tx, ty):
 
 
 def inputs(images, y, vmax, p, xflip, augment_labels, labelled):
-    """A micro-batch for the loss: uint8 -> [-1, 1] -> augmented; the class labels if `labelled`;
-    with `augment_labels`, every network call of soflow_loss gets those of its own images."""
+    """A micro-batch for soflow_loss: uint8 -> [-1, 1], augmented; the labels if `labelled`; augment_labels if asked."""
     x0, aug = augment(images.float() / (vmax / 2) - 1, p, xflip)
     return x0, y if labelled else None, {"augment_labels": aug} if augment_labels else None
 
@@ -228,14 +228,14 @@ def compare(net, cfg, out_dir, noise, y, images, labels):
 
 
 def main(argv=None):
-    C = trainer.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, choices={"dataset": tuple(DATASETS)},
-                          fixed=("img_resolution", "in_channels", "num_classes"))
+    C = settings.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, choices={"dataset": tuple(DATASETS)},
+                           fixed=("img_resolution", "in_channels", "num_classes"))
     for k, v in PRESETS.get(C.preset, {}).items():     # a preset's network arguments and method fields, under the options'
         (C.net_args if k in NET_ARGS else C.method_args if k in FIELDS else {}).setdefault(k, v)
     rank, world, _ = trainer.world()
-    micro, accum = trainer.accumulation(C, world)          # every setting is checked before any compute
+    micro, accum = settings.accumulation(C, world)          # every setting is checked before any compute
     R, channels, K, vmax = DATASETS[C.dataset][:4]
-    cfg = trainer.method_config(C, K)
+    cfg = settings.method_config(C, K)
     labelled = cfg.num_classes is not None
     if C.compare and not cfg.guided:
         raise SystemExit(f"error: --compare=True compares a guided run with the same run unguided, but --method="

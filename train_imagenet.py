@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import checkpoints
 import dit
+import settings
 import soflow
 import trainer
 
@@ -138,15 +139,15 @@ def inputs(mean, std, y):
 
 
 def main(argv=None):
-    C = trainer.configure(SETTINGS, PRESETS, dit.DiT, __doc__, __file__, argv,
+    C = settings.configure(SETTINGS, PRESETS, dit.DiT, __doc__, __file__, argv,
                           fixed=("input_size", "in_channels", "num_classes"), choices={"model": tuple(dit.DIT_CONFIGS)},
                           describe=lambda v: "network: " + ", ".join(f"{k}={x}" for k, x in dit.DIT_CONFIGS[v["model"]].items()))
     rank, world, _ = trainer.world()
-    micro, accum = trainer.accumulation(C, world)          # every setting is checked before any compute
-    cfg = trainer.method_config(C)
+    micro, accum = settings.accumulation(C, world)          # every setting is checked before any compute
+    cfg = settings.method_config(C)
     run = trainer.Run(C, rank, world)
     latents = Latents(C.data, C, micro, rank, world)
-    cfg = trainer.method_config(C, latents.num_classes)
+    cfg = settings.method_config(C, latents.num_classes)
     channels, size, _ = latents.shape
     net_args = dict(input_size=size, in_channels=channels, num_classes=latents.num_classes, **C.net_args)
     try:

@@ -1,6 +1,6 @@
 """
-What the two training scripts (train_imagenet.py, train_cifar.py) share, in the order a
-run uses it: settings from the command line, processes and seeds, the order of the data,
+What the two training scripts (train_imagenet.py, train_cifar.py) share once settings.py has
+read their settings, in the order a run uses it: processes and seeds, the order of the data,
 the optimizer and EMA, the training step, and the run's folder (checkpoints with an exact
 resume, the log). Each script keeps its own loop; the loops call this.
 
@@ -9,16 +9,11 @@ step) alone, and the images of a step from (seed, step): a resumed run continues
 bit (on the CPU), and 8 processes or 2 with accumulation see the same data and noise.
 """
 
-import argparse
 import contextlib
 import copy
 import csv
-import dataclasses
 import functools
-import inspect
-import math
 import os
-import re
 import shutil
 import time
 
@@ -28,108 +23,6 @@ import torch.distributed as dist
 
 import checkpoints
 import soflow
-
-# -----------------------------------------------------------------------------
-# Settings: the script's plain values, overridden by --name value on the command line.
-
-CHOICES = {"optimizer": ("adam", "adamw", "radam"), "precision": ("auto", "bf16", "fp32"),
-           "device": ("auto", "cpu", "cuda"), "compile": ("auto", "on", "off"), "ema_dtype": ("float32", "float64"),
-           "method": tuple(soflow.PRESETS), "schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES,
-           "r_schedule": soflow.R_SCHEDULES, "attn": ("fused", "math")}
-RANGES = {  # checked after parsing: (test, what the value must be)
-    "lr": (lambda v: 0 < v <= 1, "must be in (0, 1]"), "beta1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "beta2": (lambda v: 0 <= v < 1, "must be in [0, 1)"), "ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"), "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
-    "peak_tflops": (lambda v: v >= 0, "must be >= 0"), "seed": (lambda v: 0 <= v < 2 ** 20, "must be in [0, 2**20)"),
-    "steps": (lambda v: 1 <= v < 2 ** 24, "must be in [1, 2**24)"),
-    **{k: (lambda v: v >= 1, "must be >= 1") for k in ("batch_size", "log_every", "ema_every", "num_samples")},
-    **{k: (lambda v: v >= 0, "must be >= 0") for k in ("micro_batch", "ckpt_every", "keep_every", "sample_every",
-                                                        "stop_at", "num_workers")},
-    **{k: (lambda v: 0 <= v <= 1, "must be in [0, 1]") for k in ("augment_p", "xflip")},
-}
-
-
-def _bool(text):
-    if text.lower() not in ("true", "false", "1", "0"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
-    return text.lower() in ("true", "1")
-
-
-def _finite(text):
-    if not math.isfinite(float(text)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return float(text)
-
-
-def _type_of(default):
-    if isinstance(default, (tuple, list)):
-        return lambda text: tuple(int(u) for u in text.strip("()[] ").split(",") if u.strip())
-    return {bool: _bool, int: int, float: _finite}.get(type(default), str)
-
-
-def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), choices=None, describe=None):
-    """The run's settings as a namespace: `settings` (the script's plain values), then the
-    values of --preset NAME, then every option given. Besides the settings, any constructor
-    argument of net_class but `fixed` (they come from the data) and any SoFlowConfig field
-    but K and the classes may be given: they come back apart, as .net_args and .method_args.
-    A bad value stops here with one line, before any compute. describe(preset values) adds a
-    line to --list_presets."""
-    comments = dict(re.findall(r"^(\w+) = .*?#\s*(.*)$", open(script).read(), re.M))
-    choices = {**CHOICES, **(choices or {})}
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
-    p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the settings)\n")
-    p.add_argument("--list_presets", action="store_true", help="print the named settings and exit")
-    for name, value in settings.items():
-        p.add_argument(f"--{name}", type=_type_of(value), choices=presets if name == "preset" else choices.get(name),
-                       help=f"{comments.get(name, '')} (default: {value!r})")
-    groups = (("net", f"{net_class.__name__} arguments (default: the model's)",
-               [(k, v.default) for k, v in inspect.signature(net_class).parameters.items() if k not in fixed]),
-              ("method", "soflow.SoFlowConfig fields (default: the method preset's)",
-               [(f.name, f.default) for f in dataclasses.fields(soflow.SoFlowConfig)
-                if f.name not in ("total_steps", "num_classes")]))
-    for prefix, title, args in groups:
-        g = p.add_argument_group(title)
-        for name, default in args:
-            g.add_argument(f"--{name}", dest=f"{prefix}.{name}", type=_type_of(default), choices=choices.get(name))
-    given = vars(p.parse_args(argv))
-    if given.pop("list_presets", False):
-        for name, values in presets.items():
-            print(f"{name}:\n  " + " ".join(f"--{k}={v}" for k, v in values.items()))
-            method = soflow.preset(values.get("method", settings["method"]), total_steps=values.get("steps", 1))
-            print("  method: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method).items()))
-            if describe:
-                print("  " + describe(values))
-        raise SystemExit(0)
-    C = dict(settings, **presets.get(given.get("preset", ""), {}))
-    C.update({k: v for k, v in given.items() if "." not in k})
-    C["net_args"] = {k[4:]: v for k, v in given.items() if k.startswith("net.")}
-    C["method_args"] = {k[7:]: v for k, v in given.items() if k.startswith("method.")}
-    for name, (ok, what) in RANGES.items():
-        if name in C and not ok(C[name]):
-            raise SystemExit(f"error: --{name}={C[name]!r}: {what}")
-    return argparse.Namespace(**C)
-
-
-def method_config(C, num_classes=None):
-    """The SoFlowConfig of the run: the method preset, K = steps, the given fields, and the
-    number of classes of the data (for class-conditional presets)."""
-    try:
-        cfg = soflow.preset(C.method, total_steps=C.steps, **C.method_args)
-        return cfg if cfg.num_classes is None or num_classes is None else cfg.replace(num_classes=num_classes)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-
-
-def accumulation(C, world):
-    """(micro-batch, accumulation micro-steps): batch_size = micro_batch x accumulation x world."""
-    micro = C.micro_batch or C.batch_size // world
-    if C.batch_size % world:
-        raise SystemExit(f"error: --batch_size={C.batch_size} cannot be shared by {world} processes")
-    if C.batch_size % (micro * world):
-        raise SystemExit(f"error: --batch_size={C.batch_size} is not divisible by micro_batch x world size = {micro} x "
-                         f"{world} = {micro * world}; choose a --micro_batch that divides {C.batch_size // world}")
-    return micro, C.batch_size // (micro * world)
 
 # -----------------------------------------------------------------------------
 # Processes, devices, seeds, the order of the data.
@@ -289,6 +182,13 @@ RESUMABLE = {"out_dir", "data", "data_dir", "download", "micro_batch", "compile"
              "progress", "preset", "num_workers"}
 
 
+def _write_rows(f, rows, header):
+    w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+
+
 def _flat(d, prefix=""):
     out = {}
     for k, v in d.items():
@@ -346,12 +246,7 @@ class Run:
         if os.path.isfile(self.log_path):
             with open(self.log_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-
-            def write(f):
-                w = csv.DictWriter(f, LOG_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
-            checkpoints.atomic_write(self.log_path, write, text=True)
+            checkpoints.atomic_write(self.log_path, lambda f: _write_rows(f, rows, header=True), text=True)
 
     def add(self, logs, step):
         """Accumulate a step's figures on the device (no host sync)."""
@@ -391,10 +286,7 @@ class Run:
         if self.rank == 0:                                # append-only: a kill loses at most this row
             new = not os.path.isfile(self.log_path)
             with open(self.log_path, "a", newline="") as f:
-                w = csv.DictWriter(f, LOG_FIELDS, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
+                _write_rows(f, [row], header=new)
         self.sums, self.count, self.t_mark = {}, 0, time.perf_counter()
         return row
 
@@ -440,7 +332,9 @@ def init_weights(net, ema, source):
         checkpoints.load_state(net, checkpoints.weights_of(ck, path, "model"), f"--init_from={source} ['model']")
         checkpoints.load_state(ema.net, checkpoints.weights_of(ck, path, "ema"), f"--init_from={source} ['ema']")
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        hint = ("; a model trained without label dropout has no null-label row: add --null_label False"
+                if "embedding_table" in str(e) and getattr(net, "null_label", False) else "")
+        raise SystemExit(f"error: {e}{hint}") from None
     if world()[0] == 0:
         print(f"fine-tuning from {path}: its network and EMA weights, a new optimizer, step 0", flush=True)
 
@@ -448,10 +342,10 @@ def init_weights(net, ema, source):
 def finish(net, step, run):
     """The end of a run: with several processes, the replicas must hold the same weights."""
     if run.world > 1:
-        mine = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1)
+        mine = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum()
         every = [torch.zeros_like(mine) for _ in range(run.world)]
         dist.all_gather(every, mine)
-        every = [float(c) for c in every]
+        every = [c.item() for c in every]
         print(f"[rank {run.rank}] parameter checksum {every[run.rank]!r}", flush=True)
         dist.destroy_process_group()
         if len(set(every)) != 1:

@@ -396,15 +396,17 @@ def test_bad_sources_are_refused(tmp_path, no_compute):
 
 
 def test_bad_arrays_are_refused(no_compute):
-    x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3))
-    with pytest.raises(ValueError, match=r"\[0, 1\].*\(x \+ 1\) / 2"):
-        fid.check_images(x)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        fid.check_images(np.full((4, 8, 8, 3), np.nan))
+    # arrays, like the .npz files, hold uint8 images (the ADM format); floats are refused with the conversion to use
+    x = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 3))
+    with pytest.raises(ValueError, match=r"got dtype float64; from floats in \[0, 1\]: np.round\(x \* 255\)"):
+        fid.open_source(x)
     with pytest.raises(ValueError, match="dtype uint16"):
-        fid.check_images(np.zeros((4, 8, 8, 3), np.uint16))
-    ok = fid.check_images((x + 1) / 2)
-    assert ok.dtype == np.uint8 and np.array_equal(ok, np.round((x + 1) / 2 * 255).astype(np.uint8))
+        fid.open_source(np.zeros((4, 8, 8, 3), np.uint16))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\); transpose"):
+        fid.open_source(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
+    ok = np.round(x * 255).astype(np.uint8)
+    src = fid.open_source(torch.from_numpy(ok))     # numpy or torch, read as they are
+    assert src.n == 4 and src.identity is None and np.array_equal(torch.cat(list(src.batches(3))).numpy(), ok)
 
 
 def test_missing_weights_offline_says_where_to_get_them(tmp_path, monkeypatch, no_compute, capsys):

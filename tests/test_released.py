@@ -392,6 +392,13 @@ def test_finetune_from_a_released_configuration(hub, latents, tmp_path, monkeypa
     # a source that does not fit the run's network: one line naming the difference
     with pytest.raises(SystemExit, match=r"^error: --init_from=Tiny-cond \['model'\] does not fit .*shapes: "):
         run_imagenet(latents, tmp_path / "c", "--steps=1", "--init_from=Tiny-cond", "--hidden_size=64", "--num_heads=4")
+    # a release trained without label dropout has no null-label row: the message says what to add, and it works
+    plain = dit.dit_from_name("T/2", **args, null_label=False)
+    release(root, "Tiny-nodrop", with_fields(IMAGENET_YAML, model_type="DiT-T-2", data_size=8, **UNGUIDED), plain, plain)
+    with pytest.raises(SystemExit, match=r"embedding_table.*add --null_label False$"):
+        run_imagenet(latents, tmp_path / "d", "--steps=1", "--init_from=Tiny-nodrop")
+    assert run_imagenet(latents, tmp_path / "d", "--steps=1", "--init_from=Tiny-nodrop", "--null_label=False",
+                        "--method=imagenet_released", "--guidance_scale=1", "--guidance_mix=1", "--label_drop=0") == 1
 
 # -----------------------------------------------------------------------------
 # Any conditional checkpoint: grayscale pixels, a few classes

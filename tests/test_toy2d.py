@@ -91,7 +91,7 @@ def test_help_lists_every_knob(capsys):
 ])
 def test_bad_method_values_are_refused_before_training(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        toy2d.make_config(toy2d.parse_args(argv))
+        toy2d.parse_args(argv)
     assert message in str(e.value)
 
 
@@ -140,9 +140,8 @@ BOUND = 0.42
 
 def train_and_score(steps=2500, seed=0, extra=()):
     mix = toy2d.default_mixture()
-    args = toy2d.parse_args(["--steps", str(steps), "--batch", "512", "--seed", str(seed), *extra])
-    cfg = toy2d.make_config(args)
-    net, _ = toy2d.train(args, cfg, mix, np.random.default_rng(seed), log_every=-1)
+    args, cfg = toy2d.parse_args(["--steps", str(steps), "--batch", "512", "--seed", str(seed), *extra])
+    net = toy2d.train(args, cfg, mix, np.random.default_rng(seed), seed, quiet=True)[0].nets["F"]
     x1 = torch.randn(1000, 2, generator=torch.Generator().manual_seed(123))
     exact = mix.solve(x1.numpy(), 1.0, 0.0)
     return toy2d.rmse(soflow.sample(net, cfg, x1).numpy(), exact), toy2d.rmse(x1.numpy(), exact)

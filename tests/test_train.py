@@ -20,6 +20,7 @@ from PIL import Image
 
 import checkpoints
 import dit
+import settings
 import soflow
 import train_cifar
 import train_imagenet as T
@@ -389,13 +390,13 @@ def test_presets_list_and_apply(capsys):
     text = capsys.readouterr().out
     assert "cifar10:" in text and "cifar10_released:" in text and "fm_ratio=0.0" in text and "p=0.75" in text
 
-    C = trainer.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__,
+    C = settings.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__,
                           ["--steps=10", "--preset=XL/2-released", "--depth=3", "--guidance_scale=2"],
                           fixed=("input_size", "in_channels", "num_classes"))
     assert (C.model, C.method, C.optimizer, C.steps) == ("XL/2", "imagenet_released", "adamw", 10)
     assert C.net_args == {"depth": 3} and C.method_args == {"guidance_scale": 2.0}
-    assert trainer.method_config(C).guidance_scale == 2.0 and trainer.method_config(C).total_steps == 10
-    C = trainer.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__, ["--compile=off", "--lr=1", "--progress=False"])
+    assert settings.method_config(C).guidance_scale == 2.0 and settings.method_config(C).total_steps == 10
+    C = settings.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__, ["--compile=off", "--lr=1", "--progress=False"])
     assert C.compile == "off" and C.lr == 1.0 and isinstance(C.lr, float) and C.progress is False
 
 # ----------------------------------------------------------------------------- pieces
