@@ -52,7 +52,8 @@ def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), ch
     """The run's settings as a namespace: `settings` (the script's plain values), then the
     values of --preset NAME, then every option given. Besides the settings, any constructor
     argument of net_class but `fixed` (they come from the data) and any SoFlowConfig field
-    but K and the classes may be given: they come back apart, as .net_args and .method_args.
+    but K and the classes may be given, by an option or a preset: they come back apart, as
+    .net_args and .method_args.
     A bad value stops here with one line, before any compute. describe(preset values) adds a
     line to --list_presets."""
     comments = dict(re.findall(r"^(\w+) = .*?#\s*(.*)$", open(script).read(), re.M))
@@ -74,18 +75,21 @@ def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), ch
         for name, default in args:
             g.add_argument(f"--{name}", dest=f"{prefix}.{name}", type=_type_of(default), choices=choices.get(name))
     given = vars(p.parse_args(argv))
+    group_of = {name: prefix for prefix, _, args in groups for name, _ in args}
+    named = lambda values: {k if k in settings else f"{group_of[k]}.{k}": v for k, v in values.items()}   # as options
     if given.pop("list_presets", False):
         for name, values in presets.items():
             print(f"{name}:\n  " + " ".join(f"--{k}={v}" for k, v in values.items()))
-            method = soflow.preset(values.get("method", settings["method"]), total_steps=values.get("steps", 1))
+            method = soflow.preset(values.get("method", settings["method"]), total_steps=values.get("steps", 1),
+                                   **{k[7:]: v for k, v in named(values).items() if k.startswith("method.")})
             print("  method: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(method).items()))
             if describe:
                 print("  " + describe(values))
         raise SystemExit(0)
-    C = dict(settings, **presets.get(given.get("preset", ""), {}))
-    C.update({k: v for k, v in given.items() if "." not in k})
-    C["net_args"] = {k[4:]: v for k, v in given.items() if k.startswith("net.")}
-    C["method_args"] = {k[7:]: v for k, v in given.items() if k.startswith("method.")}
+    chosen = {**named(presets.get(given.get("preset", ""), {})), **given}     # the options win
+    C = {**settings, **{k: v for k, v in chosen.items() if "." not in k}}
+    C["net_args"] = {k[4:]: v for k, v in chosen.items() if k.startswith("net.")}
+    C["method_args"] = {k[7:]: v for k, v in chosen.items() if k.startswith("method.")}
     for name, (ok, what) in RANGES.items():
         if name in C and not ok(C[name]):
             raise SystemExit(f"error: --{name}={C[name]!r}: {what}")

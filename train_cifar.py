@@ -22,7 +22,6 @@ mix velocities with guidance (Eq. 19), baked in at training: --compare=True show
 """
 
 import functools
-import inspect
 import math
 import os
 import sys
@@ -76,8 +75,6 @@ peak_tflops = 0.0                  # the accelerator's dense bf16 TFLOP/s for MF
 progress = True                    # a tqdm bar on rank 0
 # -----------------------------------------------------------------------------
 SETTINGS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
-NET_ARGS = set(inspect.signature(unet.UNet).parameters)
-FIELDS = soflow.SoFlowConfig().to_dict()
 
 # The paper's setting (App. A: batch 1024, 800K steps, RAdam lr 1e-4) and the authors'
 # cifar.yaml; they differ in the method's values only (the EMA interval, the augmentation
@@ -230,8 +227,6 @@ def compare(net, cfg, out_dir, noise, y, images, labels):
 def main(argv=None):
     C = settings.configure(SETTINGS, PRESETS, unet.UNet, __doc__, __file__, argv, choices={"dataset": tuple(DATASETS)},
                            fixed=("img_resolution", "in_channels", "num_classes"))
-    for k, v in PRESETS.get(C.preset, {}).items():     # a preset's network arguments and method fields, under the options'
-        (C.net_args if k in NET_ARGS else C.method_args if k in FIELDS else {}).setdefault(k, v)
     rank, world, _ = trainer.world()
     micro, accum = settings.accumulation(C, world)          # every setting is checked before any compute
     R, channels, K, vmax = DATASETS[C.dataset][:4]

@@ -389,6 +389,12 @@ def test_presets_list_and_apply(capsys):
         train_cifar.main(["--list_presets"])
     text = capsys.readouterr().out
     assert "cifar10:" in text and "cifar10_released:" in text and "fm_ratio=0.0" in text and "p=0.75" in text
+    digits = text[text.index("\ndigits:"):text.index("\nmnist:")]          # its method line has its own fields
+    assert "guidance_t_max=0.15" in digits.split("method: ")[1] and "mu_fm=-0.4" in digits.split("method: ")[1]
+    C = settings.configure(train_cifar.SETTINGS, train_cifar.PRESETS, unet.UNet, "", train_cifar.__file__,
+                           ["--preset=digits", "--model_channels=8", "--p=0.3"], fixed=("img_resolution", "in_channels"))
+    assert C.net_args["model_channels"] == 8 and C.net_args["channel_mult"] == (1, 2)      # the option wins
+    assert C.method_args["p"] == 0.3 and C.method_args["guidance_t_max"] == 0.15 and C.dataset == "digits"
 
     C = settings.configure(T.SETTINGS, T.PRESETS, dit.DiT, "", T.__file__,
                           ["--steps=10", "--preset=XL/2-released", "--depth=3", "--guidance_scale=2"],
