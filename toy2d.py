@@ -291,7 +291,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
     p.add_argument("--dataset", default="gmm", choices=DATASETS)
-    p.add_argument("--steps", type=int, default=8000, help="training steps (also K of Eq. 16)")
+    p.add_argument("--steps", type=int, default=5500, help="training steps (also K of Eq. 16)")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate, cosine-decayed to 0")
     p.add_argument("--width", type=int, default=128)
