@@ -37,9 +37,13 @@ def _bool(text):
 
 
 def _finite(text):
-    if not math.isfinite(float(text)):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return float(text)
+    return value
 
 
 def _type_of(default):

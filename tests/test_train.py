@@ -236,7 +236,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_p
     ("--optimizer=sgd", r"argument --optimizer: invalid choice: 'sgd'"),
     ("--precision=fp16", r"argument --precision: invalid choice: 'fp16'"),
     ("--guidance_scale=0.5", r"SoFlowConfig\.guidance_scale = 0\.5: must be >= 1"),
-    ("--guidance_scale=abc", r"argument --guidance_scale: invalid _finite value: 'abc'"),
+    ("--guidance_scale=abc", r"argument --guidance_scale: 'abc' is not a finite number"),
     ("--eps=inf", r"argument --eps: 'inf' is not a finite number"),
     ("--hidden_size=abc", r"argument --hidden_size: invalid int value: 'abc'"),
     ("--depth=0", r"the network: .*depth"),
