@@ -243,7 +243,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(latents, tmp_p
     ("--method=nope", r"argument --method: invalid choice: 'nope'"),
     ("--total_steps=5", r"unrecognized arguments: --total_steps=5"),
     ("--micro_batch=3", r"--batch_size=4 is not divisible by micro_batch x world size = 3 x 1 = 3"),
-    ("--lr=fast", r"argument --lr: invalid _finite value: 'fast'"),
+    ("--lr=fast", r"argument --lr: 'fast' is not a finite number"),
     ("--bogus=1", r"unrecognized arguments: --bogus=1"),
     ("--model=Z/9", r"argument --model: invalid choice: 'Z/9'"),
     ("--progress=maybe", r"argument --progress: 'maybe' is not True or False"),
