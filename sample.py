@@ -8,7 +8,6 @@ as a PNG grid and as the .npz that fid.py evaluates.
     python sample.py out/digits/ckpt.pt --classes all     # ours (its config inside): a row per class
     python sample.py 1200000.pt --model XL/2              # a bare released file: name what it is
     torchrun --nproc_per_node=8 sample.py XL-2-cond --num_samples 50000 --batch_size 125 --out_dir out/xl2
-    python sample.py --random_weights --model XL/2 --batch_size 256    # the throughput of a configuration
 
 Samplers (Sec. 4.3; soflow.py) from noise x1: 1 NFE, f(x1, 1, 0); N steps on 1 > t1 > ... > 0
 (--steps N or --times 1,0.6,0), as released (--mode renoise: jump to data with f(x, t_i, 0),
@@ -88,11 +87,10 @@ def write_npz(path, parts, n, batch, labels=None):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = lambda msg: p.exit(2, f"{p.prog}: error: {msg} (--help lists the options)\n")
-    p.add_argument("source", nargs="?", help="a released configuration (XL-2-cond, zlab-princeton/SoFlow/UNet-uncond), "
+    p.add_argument("source", help="a released configuration (XL-2-cond, zlab-princeton/SoFlow/UNet-uncond), "
                    "its folder, or a checkpoint file")
-    p.add_argument("--model", choices=(*dit.DIT_CONFIGS, "unet"), help="what a bare released file (or --random_weights) is")
+    p.add_argument("--model", choices=(*dit.DIT_CONFIGS, "unet"), help="what a bare released file is")
     p.add_argument("--net_args", type=json.loads, default={}, help="constructor arguments for --model, a JSON object")
-    p.add_argument("--random_weights", action="store_true", help="no checkpoint: --model untrained (throughput)")
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
     p.add_argument("--steps", type=int, help="network evaluations on the uniform time grid (default 1)")
     p.add_argument("--times", help="the time grid instead, from 1 down to 0: 1,0.6,0")
@@ -115,8 +113,6 @@ def parse_args(argv=None):
             p.error(f"--{name} {getattr(a, name)}: must be >= {low}")
     if not isinstance(a.net_args, dict):
         p.error(f"--net_args {a.net_args}: must be a JSON object like '{{\"num_classes\": 10}}'")
-    if (a.source is None) != a.random_weights or (a.random_weights and a.model is None):
-        p.error("give a checkpoint or a released configuration, or --random_weights with --model")
     if a.classes not in (None, "random", "all", "null") and not all(c.isdigit() for c in a.classes.split(",")):
         p.error(f"--classes {a.classes}: expected random, all, null or class indices like 207,360,387")
     try:
@@ -146,7 +142,7 @@ def check_classes(text, cfg, net):
 
 def out_name(a, path, classes):
     """SOURCE-WEIGHTS-nfeN[-MODE][-tTIMES][-CLASSES]-seedS: another seed or sampler, another folder."""
-    p = Path(path or f"random/{a.model.replace('/', '')}")
+    p = Path(path)
     tags = [(p.parent.parent if p.parent.name == "ckpts" else p.parent).name + "-" + p.stem, a.weights,
             f"nfe{len(a.grid_times) - 1}"] + [a.mode] * (len(a.grid_times) > 2) + [f"t{a.times}"] * bool(a.times)
     if a.classes:
@@ -160,9 +156,8 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
     rank, world, device = trainer.setup(a.device)
     try:        # a user's mistake is one line, before any compute
-        path = None if a.random_weights else checkpoints.resolve(a.source)
-        net, cfg, data, desc = ((*checkpoints.build_released(a.model, a.net_args), f"untrained {a.model}")
-                                if a.random_weights else checkpoints.load_model(path, a.weights, a.model, a.net_args))
+        path = checkpoints.resolve(a.source)
+        net, cfg, data, desc = checkpoints.load_model(path, a.weights, a.model, a.net_args)
         classes, vae = check_classes(a.classes, cfg, net), None
         if data["kind"] == "latents":
             vae = checkpoints.load_vae(a.vae or data.get("vae") or checkpoints.DEFAULT_VAE, device,
