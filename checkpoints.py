@@ -231,9 +231,11 @@ def to_uint8(x):
 
 
 def save_grid(path, images, nrow=8):
-    """uint8 images (N, H, W, C) -> one PNG, nrow images a row, 2-pixel borders; atomic."""
+    """uint8 images (N, H, W, C) -> one PNG, nrow images a row, 2-pixel borders, small ones (8x8 digits)
+    drawn larger; atomic."""
     from PIL import Image
     from torchvision.utils import make_grid
     x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)
+    x = x.repeat_interleave(k := max(1, 32 // x.shape[-1]), 2).repeat_interleave(k, 3)
     grid = make_grid(x, nrow=nrow, padding=2).permute(1, 2, 0).numpy()
     atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))

@@ -186,12 +186,6 @@ def inputs(images, y, vmax, p, xflip, augment_labels, labelled):
     return x0, y if labelled else None, {"augment_labels": aug} if augment_labels else None
 
 
-def save_grid(path, x, nrow=8):
-    """Images in [-1, 1] as one PNG, nrow a row; small ones (8x8 digits) drawn 4 times larger."""
-    k = max(1, 32 // x.shape[-1])
-    checkpoints.save_grid(path, checkpoints.to_uint8(x).repeat_interleave(k, 1).repeat_interleave(k, 2), nrow)
-
-
 @torch.no_grad()
 def judge(net, cfg, images, labels, per_class=200, seed=0):
     """(class accuracy, Frechet distance) of 1-NFE samples, per_class of each class from the noise of
@@ -218,7 +212,7 @@ def compare(net, cfg, out_dir, noise, y, images, labels):
     a, b = (soflow.sample(m, c, noise.to(next(m.parameters()).dtype), y).float() for _, m, c in runs)
     per = len(y) // cfg.num_classes
     rows = [torch.cat([a[i:i + per], torch.zeros_like(a[:1]), b[i:i + per]]) for i in range(0, len(y), per)]
-    save_grid(os.path.join(out_dir, "compare.png"), torch.cat(rows), nrow=2 * per + 1)
+    checkpoints.save_grid(os.path.join(out_dir, "compare.png"), checkpoints.to_uint8(torch.cat(rows)), nrow=2 * per + 1)
     for title, m, c in runs:
         print("{} (w = {:g}, m = {:g}), 1 NFE: class accuracy {:.3f}, Frechet distance (PCA-20) {:.3f}".format(
             title, c.guidance_scale, c.guidance_mix, *judge(m, c, images, labels)), flush=True)
@@ -312,7 +306,7 @@ def main(argv=None):
         if C.sample_every and (step % C.sample_every == 0 or step == end) and rank == 0:
             with run.paused(), torch.no_grad(), autocast:
                 x = soflow.sample(ema.net, cfg, show.to(next(ema.net.parameters()).dtype), show_y)
-                save_grid(os.path.join(C.out_dir, f"samples_{step:07d}.png"), x, nrow=per)
+                checkpoints.save_grid(os.path.join(C.out_dir, f"samples_{step:07d}.png"), checkpoints.to_uint8(x), per)
                 trainer.plot_log(run.log_path, os.path.join(C.out_dir, "loss.png"))
     bar.close()
     if C.compare and rank == 0:

@@ -417,9 +417,10 @@ def test_conditional_pixel_checkpoint_rows_per_class(tmp_path):
     assert got["arr_1"].tolist() == y.tolist() and got["arr_0"].shape == (7, 8, 8, 3)
     assert_images_close(got["arr_0"], np.repeat(expected_uint8(soflow.sample(net, cfg, x1, y)), 3, axis=-1))
     grid = np.asarray(Image.open(out / "grid.png"))
-    assert grid.shape == (3 * 10 + 2, 2 * 10 + 2, 3)                      # 3 rows (classes) of 7 // 3 = 2 images
-    for c in range(3):
+    assert grid.shape == (3 * 34 + 2, 2 * 34 + 2, 3)                      # 3 rows (classes) of 7 // 3 = 2 images
+    for c in range(3):                                                     # 8 pixels drawn as 32
         for j in range(2):
-            assert np.array_equal(grid[2 + 10 * c:10 * (c + 1), 2 + 10 * j:10 * (j + 1)], got["arr_0"][c + 3 * j])
+            tile = got["arr_0"][c + 3 * j].repeat(4, 0).repeat(4, 1)
+            assert np.array_equal(grid[2 + 34 * c:34 * (c + 1), 2 + 34 * j:34 * (j + 1)], tile)
     _, got = run_sample(tmp_path / "digits.pt", "--num_samples", 40, "--out_dir", tmp_path / "r")   # random classes
     assert sorted(set(got["arr_1"].tolist())) == [0, 1, 2]

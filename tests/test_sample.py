@@ -176,10 +176,11 @@ def test_released_checkpoint_gives_its_network(files, tmp_path, capsys):
     report = json.loads((tmp_path / "samples.json").read_text())
     assert report["images_per_s_network"] > 0 and report["images_per_s_end_to_end"] > 0
     grid = np.asarray(Image.open(tmp_path / "grid.png"))
-    assert grid.shape == (3 * 18 + 2, 2 * 18 + 2, 3)                      # 2-pixel borders
+    assert grid.shape == (3 * 34 + 2, 2 * 34 + 2, 3)                      # 16 -> 32 pixels, 2-pixel borders
     for c in range(3):                                                     # row c: images c and c + 3, class [4, 1, 3][c]
         for j in range(2):
-            assert np.array_equal(grid[2 + 18 * c:18 * (c + 1), 2 + 18 * j:18 * (j + 1)], got["arr_0"][c + 3 * j])
+            tile = got["arr_0"][c + 3 * j].repeat(2, 0).repeat(2, 1)        # each pixel drawn as 2 x 2
+            assert np.array_equal(grid[2 + 34 * c:34 * (c + 1), 2 + 34 * j:34 * (j + 1)], tile)
     assert not list(tmp_path.glob(".samples.rank*"))                       # part files are gone
 
 
