@@ -57,9 +57,8 @@ def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), ch
     values of --preset NAME, then every option given. Besides the settings, any constructor
     argument of net_class but `fixed` (they come from the data) and any SoFlowConfig field
     but K and the classes may be given, by an option or a preset: they come back apart, as
-    .net_args and .method_args.
-    A bad value stops here with one line, before any compute. describe(preset values) adds a
-    line to --list_presets."""
+    .net_args and .method_args. A bad value stops here with one line, before any compute.
+    describe(preset values) adds a line to --list_presets."""
     comments = dict(re.findall(r"^(\w+) = .*?#\s*(.*)$", open(script).read(), re.M))
     choices = {**CHOICES, **(choices or {})}
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
