@@ -30,6 +30,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import checkpoints
+import settings
+import trainer
 
 
 def positive(text):
@@ -45,13 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", default="data/imagenet256_latents")
     p.add_argument("--vae", default=checkpoints.DEFAULT_VAE, help="diffusers AutoencoderKL: hub id or local folder")
     p.add_argument("--image_size", type=positive, default=256)
-    p.add_argument("--flip", type=lambda t: t.lower() in ("true", "1", "yes"), default=False,
-                   help="also encode the horizontal flips")
+    p.add_argument("--flip", type=settings.boolean, default=False, help="also encode the horizontal flips")
     p.add_argument("--batch_size", type=positive, default=64, help="images per encoder call")
     p.add_argument("--chunk_size", type=positive, default=8192, help="images per resumable unit of work")
     p.add_argument("--num_workers", type=int, default=8, help="image decoding processes per GPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--progress", type=lambda t: t.lower() in ("true", "1", "yes"), default=True)
+    p.add_argument("--progress", type=settings.boolean, default=True)
     return p.parse_args(argv)
 
 
@@ -81,7 +82,7 @@ def open_folder(path, size):
 
 def main(argv=None):
     C = parse_args(argv)
-    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    rank, world, local = trainer.world()
     cuda = C.device == "cuda" or (C.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     folder = open_folder(C.data_dir, C.image_size)

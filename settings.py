@@ -30,7 +30,7 @@ RANGES = {  # checked after parsing: (test, what the value must be)
 }
 
 
-def _bool(text):
+def boolean(text):   # True/False (or 1/0), nothing else: a typo is an error, not False
     if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
     return text.lower() in ("true", "1")
@@ -49,7 +49,7 @@ def _finite(text):
 def _type_of(default):
     if isinstance(default, (tuple, list)):
         return lambda text: tuple(int(u) for u in text.strip("()[] ").split(",") if u.strip())
-    return {bool: _bool, int: int, float: _finite}.get(type(default), str)
+    return {bool: boolean, int: int, float: _finite}.get(type(default), str)
 
 
 def configure(settings, presets, net_class, doc, script, argv=None, fixed=(), choices=None, describe=None):

@@ -138,6 +138,7 @@ def test_bad_inputs_say_what_was_expected(folder, tmp_path, capsys):
         P.main([f"--data_dir={root / 'train'}", f"--out_dir={tmp_path / 'o'}", f"--vae={tmp_path / 'novae'}",
                 "--num_workers=0", "--progress=False"])
     for argv, message in (([f"--data_dir={root / 'train'}", "--chunk_size=0"], "argument --chunk_size: 0 must be >= 1"),
+                          (["--flip=ture"], "argument --flip: 'ture' is not True or False"),
                           (["--bogus=1"], "unrecognized arguments: --bogus=1")):
         with pytest.raises(SystemExit) as e:
             P.main(argv)
