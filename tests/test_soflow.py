@@ -436,6 +436,10 @@ def test_sampler_times_are_validated():
             soflow.sample_chain(net, cfg, x1, times=bad)
     with pytest.raises(ValueError, match="steps"):
         soflow.sample_renoise(net, cfg, x1, steps=0)
+    with pytest.raises(ValueError, match="2 re-noising steps need as many noise tensors, got 1"):
+        soflow.sample_renoise(net, cfg, x1, steps=3, noise=[torch.randn(4, 2)])
+    with pytest.raises(ValueError, match="labels were given but the config is unconditional"):
+        soflow.soflow_loss(net, cfg.replace(**soflow.UNCONDITIONAL), x1, y=torch.zeros(4, dtype=torch.long))
 
 
 def test_solution_with_a_precomputed_output_is_a_x_plus_b_F():

@@ -6,6 +6,7 @@ a killed write, non-finite losses, every bad input's message, the data order, th
 and the FLOP count of a step against torch's FLOP counter. train_cifar.py's own tests
 (CIFAR-10, MNIST, digits, augmentation) are in test_train_cifar.py."""
 
+import argparse
 import math
 import os
 import re
@@ -90,7 +91,7 @@ def assert_same_state(a, b):
 def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
     out = tmp_path / "run"
     assert run_imagenet(latents, out, "--steps=4", "--log_every=2", "--ckpt_every=2", "--sample_every=4",
-                        "--num_samples=4", "--keep_every=2") == 4
+                        "--num_samples=4", "--keep_every=2", "--peak_tflops=0.001") == 4
     files = sorted(os.listdir(out))
     assert files == ["ckpt.pt", "ckpt_0000002.pt", "ckpt_0000004.pt", "log.csv", "loss.png", "samples_0000004.png"]
     assert Image.open(out / "samples_0000004.png").size[0] > 16 and Image.open(out / "loss.png").size[0] > 100
@@ -125,6 +126,10 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
         for k in ("loss", "fm_mse", "fm_weight", "scm_mse", "scm_weight", "grad_norm", "img_per_s"):
             assert math.isfinite(float(r[k])), k
     assert float(rows[1]["r"]) == pytest.approx(soflow.r_at(sf, 4))
+    # MFU: the analytic operations of a step (4 images, one process) at the logged rate, over the given peak
+    step_ops = trainer.step_flops(dit.flops(net.config), sf, 4, 1, 1)
+    for r in rows:
+        assert float(r["mfu"]) == pytest.approx(float(r["img_per_s"]) / 4 * step_ops / 1e9, rel=1e-2)   # both rounded in the log
     # the keep_every copies are checkpoints of their step
     assert load(out / "ckpt_0000002.pt")["step"] == 2
 
@@ -299,6 +304,14 @@ def test_unreadable_checkpoints_and_out_dir_say_so(latents, tmp_path):
         with pytest.raises(SystemExit, match=rf"ckpt\.pt {what}.*Delete it to start again"):
             run_imagenet(latents, tmp_path / "run", "--steps=4")
         assert (tmp_path / "run" / "ckpt.pt").read_bytes() == content           # nothing on disk damaged
+    # a checkpoint is data: one holding any other object is not unpickled (weights_only=True)
+    torch.save({"model": {}, "config": argparse.Namespace(evil=True)}, tmp_path / "run" / "ckpt.pt")
+    with pytest.raises(SystemExit, match=r"holds more than tensors and plain containers, so it is not loaded"):
+        run_imagenet(latents, tmp_path / "run", "--steps=4")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoints.load(tmp_path / "nowhere.pt")
+    with pytest.raises(ValueError, match="network kind 'mlp'"):
+        checkpoints.build({"net": {"kind": "mlp"}, "soflow": {}})
 
 
 SCRIPT_ERRORS = [   # (script, arguments, text the one line names): run as a user runs them
