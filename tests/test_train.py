@@ -127,9 +127,10 @@ def test_imagenet_run_writes_checkpoint_logs_and_pngs(latents, tmp_path):
             assert math.isfinite(float(r[k])), k
     assert float(rows[1]["r"]) == pytest.approx(soflow.r_at(sf, 4))
     # MFU: the analytic operations of a step (4 images, one process) at the logged rate, over the given peak
+    # (rel: both figures are rounded in the log)
     step_ops = trainer.step_flops(dit.flops(net.config), sf, 4, 1, 1)
     for r in rows:
-        assert float(r["mfu"]) == pytest.approx(float(r["img_per_s"]) / 4 * step_ops / 1e9, rel=1e-2)   # both rounded in the log
+        assert float(r["mfu"]) == pytest.approx(float(r["img_per_s"]) / 4 * step_ops / 1e9, rel=1e-2)
     # the keep_every copies are checkpoints of their step
     assert load(out / "ckpt_0000002.pt")["step"] == 2
 
