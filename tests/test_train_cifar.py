@@ -270,6 +270,30 @@ def test_class_conditional_resume_is_bit_identical(tmp_path):
     assert_same_state(a, b)
     assert not torch.equal(a["ema"]["map_label.weight"], a["model"]["map_label.weight"])
 
+
+def test_finetune_starts_from_the_source_weights(tmp_path, monkeypatch):
+    """--init_from: step 0 holds the source's network and EMA weights, training moves them, and the
+    source is recorded; a source that does not fit is one line naming the difference."""
+    args = [*DIGITS, "--steps=2", "--batch_size=8"]
+    train_cifar.main([*args, f"--out_dir={tmp_path / 'source'}"])
+    source, seen = load(tmp_path / "source" / "ckpt.pt"), {}
+    real_init = trainer.init_weights
+
+    def init_weights(net, ema, src):
+        real_init(net, ema, src)
+        seen.update(model={k: v.clone() for k, v in net.state_dict().items()},
+                    ema={k: v.clone() for k, v in ema.net.state_dict().items()})
+    monkeypatch.setattr(trainer, "init_weights", init_weights)
+    train_cifar.main([*args, f"--out_dir={tmp_path / 'tuned'}", f"--init_from={tmp_path / 'source' / 'ckpt.pt'}"])
+    for which in ("model", "ema"):
+        assert all(torch.equal(seen[which][k], v.to(seen[which][k].dtype)) for k, v in source[which].items())
+    tuned = load(tmp_path / "tuned" / "ckpt.pt")
+    assert tuned["config"]["train"]["init_from"].endswith("ckpt.pt") and tuned["step"] == 2
+    assert not torch.equal(tuned["model"]["map_label.weight"], source["model"]["map_label.weight"])
+    with pytest.raises(SystemExit, match=r"^error: --init_from=.*\['model'\] does not fit .*shapes: "):
+        train_cifar.main([*args, "--model_channels=16", f"--out_dir={tmp_path / 'bad'}",
+                          f"--init_from={tmp_path / 'source' / 'ckpt.pt'}"])
+
 # ----------------------------------------------------------------------------- pieces
 
 
