@@ -188,10 +188,11 @@ def inputs(images, y, vmax, p, xflip, augment_labels, labelled):
 
 @torch.no_grad()
 def judge(net, cfg, images, labels, per_class=200, seed=0):
-    """(class accuracy, Frechet distance) of 1-NFE samples, per_class of each class from the noise of
-    `seed`: the share that a logistic-regression classifier fitted on the real images puts in their
-    class, and the Frechet distance (fid.frechet_distance) to the real images in the real images'
-    20-dim PCA space. images: (N, C, R, R) in [-1, 1], labels (N,)."""
+    """(class accuracy, Frechet distance, within-class spread) of 1-NFE samples, per_class of each class
+    from the noise of `seed`: the share that a logistic-regression classifier fitted on the real images
+    puts in their class; in the real images' 20-dim PCA space, the Frechet distance (fid.frechet_distance)
+    to the real images, and the samples' mean per-class variance over the real images' (1 = as varied as
+    the data: guidance pulls each class towards its mode). images: (N, C, R, R) in [-1, 1], labels (N,)."""
     import fid
     from sklearn import decomposition, linear_model
     real, labels = images.flatten(1).double().cpu().numpy(), labels.cpu().numpy()
@@ -201,7 +202,9 @@ def judge(net, cfg, images, labels, per_class=200, seed=0):
     fake = soflow.sample(net, cfg, x1.to(p), y.to(p.device)).float().clamp(-1, 1).flatten(1).double().cpu().numpy()
     accuracy = (linear_model.LogisticRegression(max_iter=1000).fit(real, labels).predict(fake) == y.numpy()).mean()
     a, b = (pca := decomposition.PCA(20).fit(real)).transform(real), pca.transform(fake)
-    return float(accuracy), fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    spread = lambda z, l: np.mean([z[l == c].var(0, ddof=1).sum() for c in range(cfg.num_classes)])
+    return (float(accuracy), fid.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)),
+            float(spread(b, y.numpy()) / spread(a, labels)))
 
 
 def compare(net, cfg, out_dir, noise, y, images, labels):
@@ -214,7 +217,8 @@ def compare(net, cfg, out_dir, noise, y, images, labels):
     rows = [torch.cat([a[i:i + per], torch.zeros_like(a[:1]), b[i:i + per]]) for i in range(0, len(y), per)]
     checkpoints.save_grid(os.path.join(out_dir, "compare.png"), checkpoints.to_uint8(torch.cat(rows)), nrow=2 * per + 1)
     for title, m, c in runs:
-        print("{} (w = {:g}, m = {:g}), 1 NFE: class accuracy {:.3f}, Frechet distance (PCA-20) {:.3f}".format(
+        print("{} (w = {:g}, m = {:g}), 1 NFE: class accuracy {:.3f}, Frechet distance (PCA-20) {:.3f}, "
+              "within-class spread {:.2f} of the real images'".format(
             title, c.guidance_scale, c.guidance_mix, *judge(m, c, images, labels)), flush=True)
 
 

@@ -104,7 +104,7 @@ def test_digits_learn_classes_that_a_broken_consistency_loss_cannot(tmp_path, mo
         net, cfg, data, _ = train_cifar.checkpoints.load_model(str(out / "ckpt.pt"))
         assert cfg.guided and data["num_classes"] == 10
         figures[broken] = train_cifar.judge(net, cfg, x, labels, per_class=50)
-    (good_acc, good_fd), (bad_acc, bad_fd) = figures[False], figures[True]
+    (good_acc, good_fd, _), (bad_acc, bad_fd, _) = figures[False], figures[True]
     assert good_acc >= 0.45 and bad_acc <= 0.25, figures             # measured: 0.62 and 0.09 (chance)
     assert good_fd < bad_fd / 2, figures
 
@@ -127,12 +127,13 @@ class Shows(torch.nn.Module):
 
 
 def test_judge_against_an_independent_computation():
-    """Real digits as samples: the classifier recognises them; the Frechet distance equals one
-    computed here by an SVD and the eigenvalues of the covariances' product; noise fails both."""
+    """Real digits as samples: the classifier recognises them; the Frechet distance and the within-class
+    spread equal those computed here by an SVD and the eigenvalues of the covariances' product, and
+    per-class covariance traces; noise fails the first two and has no spread at all."""
     images, labels = train_cifar.load_data("digits", "", False, 0)
     x = images.float() / 8 - 1
     cfg = soflow.preset("imagenet", num_classes=10)
-    acc, fd = train_cifar.judge(Shows(x, labels), cfg, x, labels, per_class=40)
+    acc, fd, spread = train_cifar.judge(Shows(x, labels), cfg, x, labels, per_class=40)
     assert acc >= 0.98
 
     real = x.flatten(1).double().numpy()
@@ -143,10 +144,13 @@ def test_judge_against_an_independent_computation():
     root = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()   # tr sqrt(S1 S2): S1 S2 ~ an SPD matrix
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * root
     assert fd == pytest.approx(expected, rel=1e-6, abs=1e-9) and 0 < fd < 1
+    within = lambda z, groups: np.mean([np.trace(np.cov(z[g], rowvar=False)) for g in groups])
+    fake_groups, real_groups = [slice(40 * c, 40 * c + 40) for c in range(10)], [labels.numpy() == c for c in range(10)]
+    assert spread == pytest.approx(within(b, fake_groups) / within(a, real_groups), rel=1e-6) and 0.5 < spread < 1.5
 
     noise = Shows(torch.zeros_like(x), labels)                   # F = x1: the sample is 0, all grey
-    acc, fd = train_cifar.judge(noise, cfg, x, labels, per_class=10)
-    assert acc <= 0.3 and fd > 10
+    acc, fd, spread = train_cifar.judge(noise, cfg, x, labels, per_class=10)
+    assert acc <= 0.3 and fd > 10 and spread < 1e-12
 
 
 def test_digits_preset_compares_guidance_with_none(tmp_path, capsys):
@@ -156,7 +160,8 @@ def test_digits_preset_compares_guidance_with_none(tmp_path, capsys):
     assert train_cifar.main([*DIGITS[:2], f"--out_dir={out}", "--steps=3", "--model_channels=8", "--log_every=1",
                              "--num_samples=20"]) == 3
     text = capsys.readouterr().out
-    assert re.search(r"(?s)guidance \(w = 2, m = 1\), 1 NFE: class accuracy [01]\.\d+, Frechet distance .*"
+    assert re.search(r"(?s)guidance \(w = 2, m = 1\), 1 NFE: class accuracy [01]\.\d+, Frechet distance \(PCA-20\) [\d.]+, "
+                     r"within-class spread [\d.]+ .*"
                      r"no guidance \(w = 1, m = 1\), 1 NFE: class accuracy", text), text
     guided, plain = load(out / "ckpt.pt"), load(out / "no_guidance" / "ckpt.pt")
     assert guided["config"]["soflow"]["guidance_scale"] == 2.0 and plain["config"]["soflow"]["guidance_scale"] == 1.0
