@@ -66,9 +66,8 @@ def rank_batches(n, batch, rank, world):    # global batch k holds images [k B, 
 
 
 def write_npz(path, parts, n, batch, labels=None):
-    """The images of the ranks' parts (their batches in order) under 'arr_0' in global order, streamed
-    batch by batch into an uncompressed zip member (50,000 ImageNet images are 9.8 GB), the labels
-    under 'arr_1'; atomic."""
+    """The images of the ranks' parts (their batches in order) under 'arr_0' in global order, streamed batch by batch
+    into an uncompressed zip member (50,000 ImageNet images are 9.8 GB), the labels under 'arr_1'; atomic."""
     shape = (n, *parts[0].shape[1:])
     def write(f):
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
