@@ -318,8 +318,7 @@ def build(name, make_net, steps, lr, cfg=None):
     elif name == "meanflow":
         nets, loss = {"u": net}, lambda x0, k: meanflow_loss(net, cfg, x0)
     elif name == "direct":
-        nets = {"w": net, "v": make_net()}
-        loss = lambda x0, k: direct_loss(net, nets["v"], cfg, x0)
+        nets, loss = {"w": net, "v": make_net()}, lambda x0, k: direct_loss(net, nets["v"], cfg, x0)
     else:
         nets, loss = {"v": net}, lambda x0, k: flow_matching_loss(net, cfg, x0)
     update = _adam(nets.values(), lr, steps)     # Direct Models: one optimizer, disjoint gradients

@@ -232,7 +232,6 @@ def part_sample(dev, P, deadline):
 
 
 def part_unet(dev, P, deadline):
-    """train_cifar.py's step on CUDA (bf16, compiled), without the augmentation's resampling."""
     def unet_inputs(images):       # train_cifar.py's labels: each transform drawn w.p. augment_p = 0.12
         n, d = images.shape[0], images.device
         labels = torch.where(torch.rand(n, 6, device=d) < 0.12, torch.randn(n, 6, device=d), 0.0)
@@ -319,8 +318,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for part in parts:
-            deadline = time.perf_counter() + BUDGET[part]
-            globals()[f"part_{part}"](dev, P, deadline, *([tmp] if part == "run" else []))
+            globals()[f"part_{part}"](dev, P, time.perf_counter() + BUDGET[part], *([tmp] if part == "run" else []))
     print(f"\n{time.perf_counter() - t0:.0f} s in all (budget {sum(BUDGET[u] for u in parts)} s)", flush=True)
     if FAILED:
         raise SystemExit(f"error: {len(FAILED)} measurement(s) failed ({'; '.join(FAILED)}): their tracebacks are above")

@@ -80,6 +80,7 @@ def open_folder(path, size):
         raise SystemExit(f"error: no images found in {path!r} ({e}); {expected}") from None
 
 
+@torch.no_grad()                     # the script only encodes: no autograd graph
 def main(argv=None):
     C = parse_args(argv)
     rank, world, local = trainer.world()
@@ -96,8 +97,7 @@ def main(argv=None):
     encode = lambda x: (lambda post: (post.mean.float(), post.std.float()))(vae.encode(x).latent_dist)
     n, out = len(folder), C.out_dir
     total = 2 * n if C.flip else n
-    with torch.no_grad():
-        shape = tuple(encode(torch.zeros(1, 3, C.image_size, C.image_size, device=device))[0].shape[1:])
+    shape = tuple(encode(torch.zeros(1, 3, C.image_size, C.image_size, device=device))[0].shape[1:])
     meta = dict(vae=C.vae, image_size=C.image_size, latent_shape=list(shape), num_items=total, num_images=n,
                 num_classes=len(folder.classes), classes=folder.classes, flip=C.flip, chunk_size=C.chunk_size,
                 complete=False)
@@ -131,8 +131,7 @@ def main(argv=None):
                                                 pin_memory=cuda):
             x = x.to(device, non_blocking=True)
             for offset, view in [(0, x)] + ([(n, x.flip(3))] if C.flip else []):
-                with torch.no_grad():
-                    m, s = encode(view)
+                m, s = encode(view)
                 mean[offset + i:offset + i + len(x)], std[offset + i:offset + i + len(x)] = m.cpu(), s.cpu()
             i += len(x)
             bar.update(len(x))

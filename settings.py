@@ -18,14 +18,13 @@ CHOICES = {"optimizer": ("adam", "adamw", "radam"), "precision": ("auto", "bf16"
            "method": tuple(soflow.PRESETS), "schedule": soflow.SCHEDULE_NAMES, "param": soflow.PARAM_NAMES,
            "r_schedule": soflow.R_SCHEDULES, "attn": ("fused", "math")}
 RANGES = {  # checked after parsing: (test, what the value must be)
-    "lr": (lambda v: 0 < v <= 1, "must be in (0, 1]"), "beta1": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "beta2": (lambda v: 0 <= v < 1, "must be in [0, 1)"), "ema_decay": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"), "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
-    "peak_tflops": (lambda v: v >= 0, "must be >= 0"), "seed": (lambda v: 0 <= v < 2 ** 20, "must be in [0, 2**20)"),
+    "lr": (lambda v: 0 < v <= 1, "must be in (0, 1]"), "grad_clip": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+    **{k: (lambda v: 0 <= v < 1, "must be in [0, 1)") for k in ("beta1", "beta2", "ema_decay")},
+    "seed": (lambda v: 0 <= v < 2 ** 20, "must be in [0, 2**20)"),
     "steps": (lambda v: 1 <= v < 2 ** 24, "must be in [1, 2**24)"),
     **{k: (lambda v: v >= 1, "must be >= 1") for k in ("batch_size", "log_every", "ema_every", "num_samples")},
-    **{k: (lambda v: v >= 0, "must be >= 0") for k in ("micro_batch", "ckpt_every", "keep_every", "sample_every",
-                                                        "stop_at", "num_workers")},
+    **{k: (lambda v: v >= 0, "must be >= 0") for k in ("weight_decay", "peak_tflops", "micro_batch", "ckpt_every",
+                                                        "keep_every", "sample_every", "stop_at", "num_workers")},
     **{k: (lambda v: 0 <= v <= 1, "must be in [0, 1]") for k in ("augment_p", "xflip")},
 }
 

@@ -94,11 +94,10 @@ class Latents(torch.utils.data.Dataset):
     def __init__(self, folder, C, micro, rank, world):
         self.C, self.micro, self.rank, self.world = C, micro, rank, world
         how = f"make it with: torchrun --nproc_per_node=8 prepare_imagenet.py --data_dir /path/to/train --out_dir {folder}"
-        if not os.path.isfile(os.path.join(folder, "meta.json")):
+        path = os.path.join(folder, "meta.json")
+        if not os.path.isfile(path):
             raise SystemExit(f"error: no ImageNet latents in {folder!r} (meta.json, mean.npy, std.npy, labels.npy); {how}")
-        path = ""
         try:
-            path = os.path.join(folder, "meta.json")
             self.meta = json.load(open(path))
             if not self.meta.get("complete"):
                 raise ValueError("the encoding is not finished (complete: false); run the same command again, it resumes")

@@ -38,8 +38,7 @@ def setup(device):
     rank, world_size, local = world()
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device=cuda: CUDA is not available here; use --device=cpu")
-    dev = torch.device(f"cuda:{local}" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                       else "cpu")
+    dev = torch.device(f"cuda:{local}" if device != "cpu" and torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -112,13 +111,11 @@ def train_step(model, opt, ema, net, micro_batches, step, C, rank, world_size, d
     params = opt.param_groups[0]["params"]
     for a, mb in enumerate(micro_batches):
         seed_micro_step(C.seed, step, a * world_size + rank, device)
-        last = a == len(micro_batches) - 1
-        with (model.no_sync() if world_size > 1 and not last else contextlib.nullcontext()):
+        with (model.no_sync() if world_size > 1 and a < len(micro_batches) - 1 else contextlib.nullcontext()):
             with autocast:
                 loss, figures = model(step, *mb)
             (loss / len(micro_batches)).backward()
-        for k, v in figures.items():
-            logs[k] = logs.get(k, 0) + v.float() / len(micro_batches)
+        logs.update({k: logs.get(k, 0) + v.float() / len(micro_batches) for k, v in figures.items()})
         ok &= torch.isfinite(loss.detach())
     if C.grad_clip > 0:
         logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, C.grad_clip)    # foreach kernels where they exist
@@ -251,9 +248,7 @@ class Run:
     def add(self, logs, step):
         """Accumulate a step's figures on the device (no host sync)."""
         self.first_bad = torch.where(logs["ok"], self.first_bad, self.first_bad.clamp(max=step))
-        for k, v in logs.items():
-            if k != "ok":
-                self.sums[k] = self.sums.get(k, 0) + v
+        self.sums.update({k: self.sums.get(k, 0) + v for k, v in logs.items() if k != "ok"})
         self.count += 1
 
     def check_finite(self):
