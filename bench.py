@@ -232,6 +232,7 @@ def part_sample(dev, P, deadline):
 
 
 def part_unet(dev, P, deadline):
+    """train_cifar.py's step on CUDA (bf16, compiled), without the augmentation's resampling."""
     def unet_inputs(images):       # train_cifar.py's labels: each transform drawn w.p. augment_p = 0.12
         n, d = images.shape[0], images.device
         labels = torch.where(torch.rand(n, 6, device=d) < 0.12, torch.randn(n, 6, device=d), 0.0)
